@@ -1,0 +1,253 @@
+"""Load distribution descriptors: parse with line numbers, resolve `extends:`, check the strict schema.
+
+Every problem found in a run is collected and reported at once as `file:line: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import DescriptorError
+from .paths import data_dir
+
+KeyPath = tuple[str, ...]
+# Where each key of a merged document was last set: the file and line that a message should point at.
+Provenance = dict[KeyPath, tuple[str, int]]
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+@dataclass(frozen=True)
+class RawDescriptor:
+    """One file as written: its data and where each key came from."""
+
+    id: str
+    path: Path
+    display: str  # the path as shown in messages
+    data: dict[str, Any]
+    lines: Provenance
+
+
+@dataclass(frozen=True)
+class MergedDescriptor:
+    """A descriptor with its `extends:` chain merged in; not yet checked against the schema."""
+
+    id: str
+    display: str
+    data: dict[str, Any]
+    lines: Provenance
+    chain: tuple[str, ...]  # this id first, then its ancestors
+
+    @property
+    def abstract(self) -> bool:
+        return bool(self.data.get("abstract", False))
+
+
+def builtin_distros_dir() -> Path:
+    return data_dir("distros")
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("generator").joinpath("schema/descriptor.schema.json").read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+
+def _compose(text: str, display: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DescriptorError([f"{display}:{line}: not valid YAML: {problem}"]) from None
+
+
+def _to_python(node: yaml.Node, display: str, path: KeyPath, lines: Provenance, problems: list[str]) -> Any:
+    """Build plain data from a composed node, recording each mapping key's line."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
+                problems.append(f"{display}:{line}: {_dotted(path) or '(top)'}: keys must be plain strings")
+                continue
+            if key == "<<":
+                problems.append(f"{display}:{line}: {_dotted(path) or '(top)'}: YAML merge keys are not allowed")
+                continue
+            if key in out:
+                problems.append(f"{display}:{line}: {_dotted(path + (key,))}: duplicate key")
+                continue
+            lines[path + (key,)] = (display, line)
+            out[key] = _to_python(value_node, display, path + (key,), lines, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_python(item, display, path + (str(i),), lines, problems) for i, item in enumerate(node.value)
+        ]
+    # Scalars: PyYAML's SafeLoader resolves the tag (YAML 1.1, as cloud-init reads YAML).
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(path)
+
+
+def parse_file(path: Path, display: str) -> RawDescriptor:
+    descriptor_id = path.name.removesuffix(".yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DescriptorError([f"{display}: cannot read: {exc}"]) from None
+    node = _compose(text, display)
+    problems: list[str] = []
+    lines: Provenance = {(): (display, 1)}
+    data = _to_python(node, display, (), lines, problems) if node is not None else {}
+    if not _ID_RE.match(descriptor_id):
+        problems.append(f"{display}:1: file name must be <id>.yaml with a lower-case id such as debian12")
+    if not isinstance(data, dict):
+        problems.append(f"{display}:1: a descriptor must be a mapping of keys")
+    if problems:
+        raise DescriptorError(problems)
+    return RawDescriptor(descriptor_id, path, display, data, lines)
+
+
+def deep_merge(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """Child over parent: mappings merge key by key, anything else (lists too) replaces; null deletes."""
+    merged = dict(parent)
+    for key, value in child.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class DescriptorSet:
+    """The descriptors visible to one run: a user's folder (if any) first, then the built-in ones."""
+
+    def __init__(self, dirs: Iterable[Path]) -> None:
+        self.dirs = [d for d in dirs]
+        self._files: dict[str, tuple[Path, str]] = {}
+        for directory in reversed(self.dirs):  # earlier folders win
+            for path in sorted(directory.glob("*.yaml")):
+                self._files[path.name.removesuffix(".yaml")] = (path, self._display(path))
+        self._raw: dict[str, RawDescriptor] = {}
+
+    @staticmethod
+    def _display(path: Path) -> str:
+        builtin = builtin_distros_dir()
+        if path.parent.resolve() == builtin.resolve():
+            return f"distros/{path.name}"
+        return str(path)
+
+    def ids(self) -> list[str]:
+        return sorted(self._files)
+
+    def raw(self, descriptor_id: str) -> RawDescriptor:
+        if descriptor_id not in self._raw:
+            path, display = self._files[descriptor_id]
+            self._raw[descriptor_id] = parse_file(path, display)
+        return self._raw[descriptor_id]
+
+    def __contains__(self, descriptor_id: object) -> bool:
+        return descriptor_id in self._files
+
+    def merged(self, descriptor_id: str) -> MergedDescriptor:
+        chain = self._chain(descriptor_id)
+        data: dict[str, Any] = {}
+        lines: Provenance = {}
+        for ancestor in reversed(chain):
+            raw = self.raw(ancestor)
+            data = deep_merge(data, raw.data)
+            lines.update(raw.lines)
+        data.pop("extends", None)
+        if not self.raw(descriptor_id).data.get("abstract", False):
+            data.pop("abstract", None)
+        return MergedDescriptor(descriptor_id, self.raw(descriptor_id).display, data, lines, tuple(chain))
+
+    def _chain(self, descriptor_id: str) -> list[str]:
+        chain = [descriptor_id]
+        current = self.raw(descriptor_id)
+        while "extends" in current.data:
+            parent = current.data["extends"]
+            line = current.lines.get(("extends",), (current.display, 1))[1]
+            where = f"{current.display}:{line}: extends"
+            if not isinstance(parent, str) or parent not in self:
+                raise DescriptorError([f"{where}: {parent!r} is not a known descriptor"])
+            if parent in chain:
+                cycle = " -> ".join([*chain, parent])
+                raise DescriptorError([f"{where}: cycle {cycle}"])
+            chain.append(parent)
+            current = self.raw(parent)
+        return chain
+
+    def iter_merged(self, include_abstract: bool = False) -> Iterator[MergedDescriptor]:
+        for descriptor_id in self.ids():
+            merged = self.merged(descriptor_id)
+            if include_abstract or not merged.abstract:
+                yield merged
+
+
+def schema_problems(merged: MergedDescriptor) -> list[str]:
+    """Check a merged descriptor against the JSON Schema; each problem as `file:line: key: message`."""
+    if merged.abstract:
+        return []
+    validator = jsonschema.Draft202012Validator(_schema())
+    problems = []
+    for error in validator.iter_errors(merged.data):
+        path = tuple(str(p) for p in error.absolute_path)
+        problems.append(_locate(merged, path, _message(error)))
+    return problems
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        return f"unknown key {', '.join(repr(k) for k in unknown)} (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "pattern":
+        return f"{error.instance!r} does not have the expected form"
+    if error.validator == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        return f"{error.instance!r} is not one of: {choices}"
+    return error.message
+
+
+def _locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
+    """Point at the deepest key of `path` that some file set."""
+    for depth in range(len(path), -1, -1):
+        where = merged.lines.get(path[:depth])
+        if where is not None:
+            display, line = where
+            key = _dotted(path) or "(top)"
+            return f"{display}:{line}: {key}: {message}"
+    return f"{merged.display}:1: {_dotted(path)}: {message}"
+
+
+def locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
+    return _locate(merged, path, message)
