@@ -1070,13 +1070,13 @@ def interconnect(facts: Facts) -> Dict[str, Any]:
 
 
 def build_result(facts: Facts, config: Dict[str, Any], config_path: Optional[str],
-                 checks: List[Dict[str, Any]], started: float) -> Dict[str, Any]:
+                 checks: List[Dict[str, Any]], started_at: str, started: float) -> Dict[str, Any]:
     status = overall_status(facts, checks)
     return {
         "schema": RESULT_SCHEMA,
         "tool": TOOL,
         "version": VERSION,
-        "time": utc_now(),
+        "time": started_at,
         "host": socket.gethostname(),
         "status": status,
         "exit_code": exit_code(status, config),
@@ -1233,7 +1233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    started = time.monotonic()
+    started_at, started = utc_now(), time.monotonic()
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
         config, config_path = effective_config(args)
@@ -1242,7 +1242,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         return EXIT_USAGE
     facts = gather_facts(args)
     checks = run_checks(facts, config)
-    result = build_result(facts, config, config_path, checks, started)
+    result = build_result(facts, config, config_path, checks, started_at, started)
     save_outputs(result, args.state_dir, args.motd_file)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
