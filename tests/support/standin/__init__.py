@@ -1,0 +1,1 @@
+"""Sources of the stand-in NVIDIA container-toolkit packages (not NVIDIA software)."""
