@@ -183,12 +183,14 @@ class FakeMachine:
             target.mkdir(parents=True, exist_ok=True)
             (device / "driver").symlink_to(target)
 
-    def run(self, *args: str, interpreter: str = sys.executable) -> Run:
+    def run(self, *args: str, interpreter: str = sys.executable, state_dir: Path | None = None,
+            motd_file: Path | None = None) -> Run:
         config_file = self.root / "gpu-check.json"
         config_file.write_text(json.dumps(self.config), encoding="utf-8")
         proc_version = self.proc_version or self.root / "no-such-proc-version"
-        argv = [interpreter, str(PROGRAM), "--config", str(config_file), "--state-dir", str(self.root / "state"),
-                "--motd-file", str(self.motd_file), "--nvidia-smi", str(self.bin / "nvidia-smi"),
+        argv = [interpreter, str(PROGRAM), "--config", str(config_file),
+                "--state-dir", str(state_dir or self.root / "state"), "--motd-file", str(motd_file or self.motd_file),
+                "--nvidia-smi", str(self.bin / "nvidia-smi"),
                 "--proc-version", str(proc_version), "--pci-devices-dir", str(self.root / "pci"),
                 "--dev-dir", str(self.root / "dev"), *args]
         env = {"PATH": str(self.bin), "LC_ALL": "C.UTF-8"}
@@ -750,15 +752,10 @@ def test_unwritable_login_message_and_result_are_warnings(machine: FakeMachine, 
     blocker = tmp_path / "a-file"
     blocker.write_text("", encoding="utf-8")
     machine.with_gpus(h200_replies())
-    done = subprocess.run(
-        [sys.executable, str(PROGRAM), "--nvidia-smi", str(machine.bin / "nvidia-smi"), "--proc-version",
-         str(H200 / "proc-version.txt"), "--pci-devices-dir", str(machine.root / "pci"), "--dev-dir",
-         str(machine.root / "dev"), "--state-dir", str(blocker / "state"), "--motd-file", str(blocker / "motd"),
-         "--json"],
-        capture_output=True, text=True, env={"PATH": str(machine.bin)}, timeout=60, check=False)
-    assert done.returncode == 0
-    assert json.loads(done.stdout)["status"] == "pass"
-    warnings = done.stderr.splitlines()
+    run = machine.run("--json", state_dir=blocker / "state", motd_file=blocker / "motd")
+    assert run.returncode == 0
+    assert json.loads(run.stdout)["status"] == "pass"
+    warnings = run.stderr.splitlines()
     assert len(warnings) == 2
     assert warnings[0].startswith(f"bakegen-gpu-check: warning: cannot write result file {blocker}/state/")
     assert warnings[1].startswith(f"bakegen-gpu-check: warning: cannot write login message {blocker}/motd")
