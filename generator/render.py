@@ -122,7 +122,7 @@ def _repo_add(plan: Plan) -> Callable[[Any], str]:
         words = [repo.name, repo.description, repo.url, repo.key_url, repo.fingerprint]
         if plan.distro.family is Family.APT:
             words += [repo.suite, *repo.components]
-        return "repo_add " + quoting.shell_words(words)
+        return "repo_add " + " \\\n      ".join(quoting.shell(w) for w in words)
 
     return repo_add
 

@@ -1,0 +1,53 @@
+"""Small helpers tests share: render bakegen's outputs in-process, run the CLI as a user would."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from generator.model import Arch, Format
+from generator.plan import Options, make_plan
+from generator.render import RenderedFile, render
+from generator.resolve import descriptor_set, load_all, load_distro
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def all_distro_ids() -> list[str]:
+    return [d.id for d in load_all(descriptor_set())]
+
+
+def matrix() -> list[tuple[str, str]]:
+    """(distro id, arch) for every descriptor on disk and every arch it declares."""
+    return [(d.id, a.value) for d in load_all(descriptor_set()) for a in d.arches]
+
+
+def render_files(distro_id: str, fmt: Format = Format.SHELL, **options: Any) -> list[RenderedFile]:
+    """Render one distribution in-process; keyword arguments override Options fields (arch as a string too)."""
+    if isinstance(options.get("arch"), str):
+        options["arch"] = Arch(options["arch"])
+    plan = make_plan(load_distro(descriptor_set(), distro_id), dataclasses.replace(Options(), **options))
+    return render(plan, fmt)
+
+
+def render_script(distro_id: str, **options: Any) -> str:
+    (script,) = render_files(distro_id, Format.SHELL, **options)
+    return script.content
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`bakegen ARGS` in a subprocess, exactly as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "generator", *args],
+        cwd=cwd or REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        check=check,
+        timeout=120,
+    )
