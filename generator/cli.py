@@ -27,7 +27,7 @@ from .plan import (
     parse_name_value,
     parse_toolkit_version,
 )
-from .render import RenderedFile, make_environment, render
+from .render import FileKind, RenderedFile, make_environment, render
 from .resolve import descriptor_set, load_all, load_distro, suggest
 from .selfcheck import check_rendered
 
@@ -187,22 +187,23 @@ def run_generate(argv: Sequence[str]) -> int:
     jobs = _jobs(args, distros)
     if args.stdout and (len(jobs) != 1 or jobs[0].fmt is Format.PACKER):
         raise UsageError("--stdout takes one distribution, one arch and a single-file format (cloud-init or shell)")
+    if not (args.check or args.stdout):
+        ensure_writable(args.out)
     env = make_environment()
     targets: list[Target] = []
+    notes: list[str] = []
     rendered_for_stdout: RenderedFile | None = None
     for job in jobs:
         plan = make_plan(job.distro, options_from(args, job.arch))
         for file in render(plan, job.fmt, env):
-            check_rendered(file, f"{job.distro.id}/{job.arch.value}/{file.path}")
+            label = f"{job.distro.id}/{job.arch.value}/{file.path}"
+            check_rendered(file, label)
             rendered_for_stdout = file
             targets.append(Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode))
-            if file.path.name == "user-data.yaml" and len(file.content.encode()) > USER_DATA_WARN_BYTES:
-                print(
-                    f"bakegen: note: {job.distro.id}/{job.arch.value}/user-data.yaml is "
-                    f"{len(file.content.encode())} bytes: above AWS's 16384-byte user-data limit; "
-                    "pass it gzip-compressed (cloud-init reads gzip) or use the Packer output",
-                    file=sys.stderr,
-                )
+            size = len(file.content.encode())
+            if file.kind == FileKind.CLOUD_CONFIG and size > USER_DATA_WARN_BYTES:
+                notes.append(f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
+                             "pass it gzip-compressed (gzip -9n; cloud-init reads gzip) or bake an image with Packer")
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)
@@ -217,12 +218,16 @@ def run_generate(argv: Sequence[str]) -> int:
         assert rendered_for_stdout is not None
         sys.stdout.write(rendered_for_stdout.content)
         return 0
-    ensure_writable(args.out)
     for path in write_atomically(targets):
         print(path)
     if whole_matrix:
         for path in prune(targets, args.out):
             print(f"removed {path}", file=sys.stderr)
+    if len(notes) == 1:
+        print(f"bakegen: note: {notes[0]}", file=sys.stderr)
+    elif notes:
+        print(f"bakegen: note: {len(notes)} cloud-init files are above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
+              "limit: pass them gzip-compressed (gzip -9n; cloud-init reads gzip)", file=sys.stderr)
     return 0
 
 
@@ -254,8 +259,11 @@ def run_show(argv: Sequence[str]) -> int:
     if args.distro not in descriptors:
         close = suggest(args.distro, descriptors.ids())
         raise UsageError(f"unknown distribution {args.distro!r}", hint=f"did you mean {close}?" if close else None)
-    load_distro(descriptors, args.distro)  # reports schema problems
     merged = descriptors.merged(args.distro)
+    if merged.abstract:
+        children = [d for d in descriptors.ids() if descriptors.merged(d).chain[1:2] == (args.distro,)]
+        raise UsageError(f"{args.distro} is an abstract parent; show one that extends it: {', '.join(children)}")
+    load_distro(descriptors, args.distro)  # reports schema problems
     print(f"# {merged.display}, extends: {' -> '.join(merged.chain[1:]) or 'nothing'}")
     print(yaml.safe_dump(merged.data, sort_keys=False, default_flow_style=False, width=120), end="")
     return 0

@@ -221,15 +221,17 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
     problems = []
     for error in validator.iter_errors(merged.data):
         path = tuple(str(p) for p in error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in sorted(k for k in error.instance if k not in allowed):
+                message = f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+                problems.append(_locate(merged, (*path, key), message))
+            continue
         problems.append(_locate(merged, path, _message(error)))
     return problems
 
 
 def _message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
-        unknown = sorted(k for k in error.instance if k not in allowed)
-        return f"unknown key {', '.join(repr(k) for k in unknown)} (allowed: {', '.join(sorted(allowed))})"
     if error.validator == "pattern":
         return f"{error.instance!r} does not have the expected form"
     if error.validator == "enum":

@@ -116,6 +116,8 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
             problem(("runtimes", name, "repo"), f"{runtime['repo']!r} is not one of this descriptor's repos")
     known = BUILTIN_PLACEHOLDERS | set(data.get("vars", {}))
     for path, text in _strings(data):
+        if path == ("name",) or path[-1] == "description":
+            continue  # free text, never formatted
         allowed = known | {KERNEL_PLACEHOLDER} if path[:1] == ("kernel",) else known
         try:
             unknown = _placeholders(text) - allowed

@@ -1,0 +1,135 @@
+"""Descriptors: every one on disk resolves; broken ones are reported as file:line: key: message, all at once."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from generator.descriptors import DescriptorSet, deep_merge
+from generator.errors import DescriptorError
+from generator.model import Family
+from generator.resolve import builtin_distros_dir, descriptor_set, load_all, load_distro
+from tests.helpers import all_distro_ids
+
+REQUIRED_RELEASES = [
+    "ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian11", "debian12", "debian13",
+    "rhel8", "rhel9", "rocky9", "almalinux9", "amzn2023", "sles15",
+]
+
+
+def test_the_required_releases_are_there() -> None:
+    ids = all_distro_ids()
+    assert set(REQUIRED_RELEASES) <= set(ids)
+    assert any(i.startswith("fedora") for i in ids)
+
+
+@pytest.mark.parametrize("distro_id", all_distro_ids())
+def test_descriptor_resolves_with_its_family_data(distro_id: str) -> None:
+    distro = load_distro(descriptor_set(), distro_id)
+    assert distro.toolkit_repo in distro.repos
+    assert distro.default_driver_source in distro.driver_sources
+    for repo in distro.repos.values():
+        assert repo.base.startswith("https://")
+        assert len(repo.fingerprint) == 40
+    if distro.family is Family.APT:
+        assert "stable/deb" in distro.repos[distro.toolkit_repo].path
+    else:
+        assert "stable/rpm" in distro.repos[distro.toolkit_repo].path
+
+
+def test_variants_state_only_their_differences() -> None:
+    """rocky9 extends rhel9: its file holds identity and cloud images, nothing the parent already says."""
+    raw = descriptor_set().raw("rocky9").data
+    assert set(raw) <= {"extends", "name", "os_release", "cloud"}
+    assert load_distro(descriptor_set(), "rocky9").driver_sources == load_distro(descriptor_set(), "rhel9").driver_sources
+
+
+def test_deep_merge_replaces_lists_merges_maps_and_null_deletes() -> None:
+    parent = {"a": {"x": 1, "y": [1, 2]}, "b": 2, "c": 3}
+    child = {"a": {"y": [3]}, "c": None}
+    assert deep_merge(parent, child) == {"a": {"x": 1, "y": [3]}, "b": 2}
+
+
+def _write(folder: Path, files: dict[str, str]) -> DescriptorSet:
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return DescriptorSet([folder, builtin_distros_dir()])
+
+
+# (files in a user's --distros-dir, the descriptor to load, messages that must all be in the error)
+BAD_DESCRIPTORS = [
+    pytest.param({"bad.yaml": "extends: debian12\nname: [unclosed\n"}, "bad", ["bad.yaml:3: not valid YAML"], id="malformed-yaml"),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nname: X\nfavourite_colour: blue\n"},
+        "bad", ["bad.yaml:3: favourite_colour: unknown key 'favourite_colour'"], id="unknown-top-level-key",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    fingerprint: ABCD\n"},
+        "bad", ["bad.yaml:4: repos.cuda.fingerprint: 'ABCD' does not have the expected form"], id="short-fingerprint",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\ndriver:\n  sources:\n    debian-nonfree:\n      default_branch: abc\n"},
+        "bad", ["bad.yaml:5: driver.sources.debian-nonfree.default_branch: 'abc' does not have the expected form"],
+        id="driver-branch-abc",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    base: http://example.com/repo\n"},
+        "bad", ["bad.yaml:4: repos.cuda.base: 'http://example.com/repo' does not have the expected form"],
+        id="http-repo",
+    ),
+    pytest.param(
+        {"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"},
+        "a", ["b.yaml:1: extends: cycle a -> b -> a"], id="cyclic-extends",
+    ),
+    pytest.param({"bad.yaml": "extends: debain12\n"}, "bad", ["bad.yaml:1: extends: 'debain12' is not a known descriptor"],
+                 id="unknown-parent"),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nname: A\nname: B\n"}, "bad", ["bad.yaml:3: name: duplicate key"], id="duplicate-key",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\ntoolkit:\n  repo: nope\n"},
+        "bad", ["bad.yaml:3: toolkit.repo: 'nope' is not one of this descriptor's repos"], id="dangling-reference",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    path: '{nonsense}/x'\n"},
+        "bad", ["bad.yaml:4: repos.cuda.path: unknown placeholder {nonsense}"], id="unknown-placeholder",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nname: \"two\\nlines\"\narches: [sparc]\n"},
+        "bad", ["bad.yaml:2: name:", "bad.yaml:3: arches.0: 'sparc' is not one of: x86_64, aarch64"],
+        id="several-problems-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "distro_id", "messages"), BAD_DESCRIPTORS)
+def test_bad_descriptor_is_reported_with_file_line_and_key(
+    tmp_path: Path, files: dict[str, str], distro_id: str, messages: list[str]
+) -> None:
+    descriptors = _write(tmp_path, files)
+    with pytest.raises(DescriptorError) as caught:
+        load_distro(descriptors, distro_id)
+    text = str(caught.value)
+    for message in messages:
+        assert f"{tmp_path}/{message}" in text or message in text, text
+
+
+def test_all_problems_of_all_descriptors_come_together(tmp_path: Path) -> None:
+    descriptors = _write(tmp_path, {
+        "one.yaml": "extends: debian12\nbogus: 1\n",
+        "two.yaml": "extends: rhel9\narches: [mips]\n",
+    })
+    with pytest.raises(DescriptorError) as caught:
+        load_all(descriptors)
+    problems = caught.value.problems
+    assert any("one.yaml:2" in p for p in problems) and any("two.yaml:2" in p for p in problems)
+    assert problems == sorted(set(problems))
+
+
+def test_a_user_descriptor_adds_a_distribution_without_code(tmp_path: Path) -> None:
+    descriptors = _write(tmp_path, {"mydebian.yaml": "extends: debian12\nname: My Debian\n"})
+    distro = load_distro(descriptors, "mydebian")
+    assert distro.name == "My Debian"
+    assert distro.source_file == str(tmp_path / "mydebian.yaml")
