@@ -20,7 +20,7 @@ from tests.support.mirror import HTML_PAGE, Mirror
 from tests.support.rootfs import Chroot, Release, build_rootfs
 from tests.support.standin.debs import build_debs, load_spec
 
-pytest_plugins = ["tests.support.fixtures"]
+
 
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 PINNED = "1.18.1-1"
