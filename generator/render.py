@@ -27,15 +27,45 @@ class PackerPlugin:
     builder: str  # the source type the plugin provides
 
 
-# Pinned Packer plugins, one per cloud.
+# Pinned Packer plugins, one per cloud (versions published on releases.hashicorp.com).
 PACKER_PLUGINS = {
     Cloud.AWS: PackerPlugin("amazon", "github.com/hashicorp/amazon", "= 1.3.3", "amazon-ebs"),
     Cloud.GCP: PackerPlugin("googlecompute", "github.com/hashicorp/googlecompute", "= 1.1.6", "googlecompute"),
     Cloud.AZURE: PackerPlugin("azure", "github.com/hashicorp/azure", "= 2.1.7", "azure-arm"),
     Cloud.QEMU: PackerPlugin("qemu", "github.com/hashicorp/qemu", "= 1.1.0", "qemu"),
 }
+# The oldest Packer the templates declare (required_version): plugins come from `packer init` since 1.7 and
+# are no longer bundled since 1.10.
+PACKER_MIN_VERSION = "1.10.0"
 PACKER_SOURCE_NAME = "gpu"
 PACKER_FILES = ("plugins.pkr.hcl", "variables.pkr.hcl", "sources.pkr.hcl", "build.pkr.hcl", "example.pkrvars.hcl")
+PACKER_SCRIPT = PurePosixPath("scripts") / "bakegen-install.sh"
+# What the install script and the GPU check leave on the build machine (see templates/shell/lib.sh.j2 and
+# templates/files/bakegen-gpu-check.py): the build reboots on the marker and removes the check's results.
+PACKER_REBOOT_MARKER = "/run/bakegen/reboot-required"
+PACKER_GPU_CHECK_RESULTS = ("/var/lib/bakegen/gpu-check.json", "/etc/motd.d/90-bakegen-gpu-check")
+# Build machines by arch: a default without a GPU, and the GPU machine the example variables suggest
+# ("" where the cloud has no GPU machine for the arch).
+PACKER_BUILD_MACHINES = {
+    "x86_64": {
+        "aws": "m6i.large",
+        "aws_gpu": "g5.xlarge",
+        "gcp": "n2-standard-4",
+        "gcp_gpu_machine": "n1-standard-4",
+        "gcp_gpu": "nvidia-tesla-t4",
+        "azure": "Standard_D4s_v5",
+        "azure_gpu": "Standard_NC4as_T4_v3",
+    },
+    "aarch64": {
+        "aws": "m7g.large",
+        "aws_gpu": "g5g.xlarge",
+        "gcp": "t2a-standard-4",
+        "gcp_gpu_machine": "",
+        "gcp_gpu": "",
+        "azure": "Standard_D4ps_v5",
+        "azure_gpu": "",
+    },
+}
 # Exit 10 (done, reboot required) is success for cloud-init: power_state acts on the marker file.
 CLOUD_INIT_RUNCMD = 'rc=0; /usr/local/sbin/bakegen-install || rc=$?; if [ "$rc" -eq 10 ]; then rc=0; fi; exit "$rc"'
 
@@ -205,21 +235,36 @@ def _hcl(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
 
 
 def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[RenderedFile]:
+    from .plan import placeholder_values
+
     folder = PurePosixPath("packer")
+    # Image names: lower-case letters, digits and hyphens fit every cloud (GCP allows nothing else).
+    slug = f"{plan.distro.id}-{plan.arch.value}".replace(".", "-").replace("_", "-").lower()
+    driver = plan.driver
     context = {
         **_context(plan, "Packer template"),
         "clouds": list(plan.clouds),
         "Cloud": Cloud,
         "plugin": PACKER_PLUGINS,
+        "packer_min_version": PACKER_MIN_VERSION,
         "source_types": {cloud: plugin.builder for cloud, plugin in PACKER_PLUGINS.items()},
         "source_names": {cloud: PACKER_SOURCE_NAME for cloud in Cloud},
         "cloud_setting": _cloud_setting(plan),
+        "machines": PACKER_BUILD_MACHINES[plan.arch.value],
+        "aws_arch": placeholder_values(plan.distro, plan.arch)["aws_arch"],
+        "image_slug": slug,
+        "qemu_example_image": f"{slug}-base.qcow2",
+        "driver_label": (
+            f"{driver.source.name} {driver.branch} {driver.kernel_modules.value}" if driver else "none"
+        ),
+        "reboot_marker": PACKER_REBOOT_MARKER,
+        "gpu_check_paths": PACKER_GPU_CHECK_RESULTS,
     }
     files = [
         RenderedFile(folder / name, _hcl(env, f"packer/{name}.j2", context), FileKind.HCL)
         for name in PACKER_FILES
     ]
-    files.append(RenderedFile(folder / "scripts" / "bakegen-install.sh", script, FileKind.SHELL, 0o755))
+    files.append(RenderedFile(folder / PACKER_SCRIPT, script, FileKind.SHELL, 0o755))
     return files
 
 
