@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_USAGE, BakegenError, UsageError
+from .errors import BakegenError, UsageError
 from .model import Arch, Cloud, Distro, Format, KernelModules, Runtime
 from .output import Target, ensure_writable, prune, stale, write_atomically
 from .plan import (
@@ -60,45 +60,52 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", choices=_choices(Arch) + [ALL], help="default: x86_64 (with `all`: every arch)")
     driver = parser.add_argument_group("driver")
     driver.add_argument("--driver-source", help="one of the descriptor's sources (default: the descriptor's)")
-    driver.add_argument("--driver-branch", type=_wrap(parse_branch), help="e.g. 580 (default: the source's)")
-    driver.add_argument("--driver-version", type=_wrap(parse_driver_version), help="an exact version, e.g. 580.95.05")
-    driver.add_argument("--kernel-modules", choices=_choices(KernelModules),
-                        help="open (default from branch 560) or proprietary (pre-Turing GPUs)")
+    driver.add_argument("--driver-branch", type=parse_branch, help="e.g. 580 (default: the source's)")
+    driver.add_argument("--driver-version", type=parse_driver_version, help="an exact version, e.g. 580.95.05")
+    driver.add_argument(
+        "--kernel-modules",
+        choices=_choices(KernelModules),
+        help="open (default from branch 560) or proprietary (pre-Turing GPUs)",
+    )
     driver.add_argument("--no-driver", action="store_true", help="the image already has a driver")
     toolkit = parser.add_argument_group("toolkit and runtimes")
-    toolkit.add_argument("--toolkit-version", type=_wrap(parse_toolkit_version), help="default: the newest")
-    toolkit.add_argument("--runtime", action="append", choices=[r.value for r in Runtime],
-                         help="repeatable (default: docker)")
+    toolkit.add_argument("--toolkit-version", type=parse_toolkit_version, help="default: the newest")
+    toolkit.add_argument(
+        "--runtime", action="append", choices=[r.value for r in Runtime], help="repeatable (default: docker)"
+    )
     toolkit.add_argument("--cdi", action="store_true", help="enable the Container Device Interface")
-    toolkit.add_argument("--mirror", action="append", default=[], metavar="NAME=URL",
-                         help="an https mirror for a repository (see `bakegen show DISTRO`)")
-    toolkit.add_argument("--key-fingerprint", action="append", default=[], metavar="NAME=FPR",
-                         help="the full fingerprint of a mirror's signing key")
+    toolkit.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an https mirror for a repository (see `bakegen show DISTRO`)",
+    )
+    toolkit.add_argument(
+        "--key-fingerprint",
+        action="append",
+        default=[],
+        metavar="NAME=FPR",
+        help="the full fingerprint of a mirror's signing key",
+    )
     check = parser.add_argument_group("first-boot GPU check")
-    check.add_argument("--container-image", type=_wrap(parse_container_image), help="image for the smoke test")
-    check.add_argument("--gpus", type=_wrap(parse_gpus), help="docker run --gpus value: all, a count, or 0,1")
-    check.add_argument("--capabilities", type=_wrap(parse_capabilities), help="NVIDIA_DRIVER_CAPABILITIES")
+    check.add_argument("--container-image", type=parse_container_image, help="image for the smoke test")
+    check.add_argument("--gpus", type=parse_gpus, help="docker run --gpus value: all, a count, or 0,1")
+    check.add_argument("--capabilities", type=parse_capabilities, help="NVIDIA_DRIVER_CAPABILITIES")
     check.add_argument("--expected-gpus", type=int, default=0, help="fail when fewer GPUs are found")
     check.add_argument("--require-gpu", action="store_true", help="no GPU present is a failure")
     check.add_argument("--no-container-test", action="store_true", help="skip the docker run smoke test")
     packer = parser.add_argument_group("packer")
-    packer.add_argument("--cloud", help=f"comma list of {', '.join(c.value for c in Cloud)} (default: all the distribution has images for)")
+    packer.add_argument(
+        "--cloud",
+        help=f"comma list of {', '.join(c.value for c in Cloud)} (default: all the distribution has images for)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
     out.add_argument("--stdout", action="store_true", help="print a single-file format instead of writing it")
     out.add_argument("--check", action="store_true", help="write nothing; fail when out/ differs (golden check)")
     out.add_argument("--distros-dir", type=Path, help="your own descriptors, searched before the built-in ones")
     return parser
-
-
-def _wrap(parse: object) -> object:
-    """argparse `type=` that lets our UsageError through with its message (argparse would reword it)."""
-
-    def convert(value: str) -> object:
-        return parse(value)  # type: ignore[operator]
-
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
 
 
 def parse_clouds(value: str | None) -> tuple[Cloud, ...] | None:
@@ -157,7 +164,7 @@ class Job:
 
 def _jobs(args: argparse.Namespace, distros: list[Distro]) -> list[Job]:
     formats = list(Format) if args.format == ALL else [Format(args.format)]
-    jobs = []
+    jobs: list[Job] = []
     for distro in distros:
         if args.arch == ALL or (args.arch is None and args.distro == ALL):
             arches = list(distro.arches)
@@ -202,16 +209,20 @@ def run_generate(argv: Sequence[str]) -> int:
             targets.append(Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode))
             size = len(file.content.encode())
             if file.kind == FileKind.CLOUD_CONFIG and size > USER_DATA_WARN_BYTES:
-                notes.append(f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
-                             "pass it gzip-compressed (gzip -9n; cloud-init reads gzip) or bake an image with Packer")
+                notes.append(
+                    f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
+                    "pass it gzip-compressed (gzip -9n; cloud-init reads gzip) or bake an image with Packer"
+                )
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)
         if problems:
             for problem in problems:
                 print(f"bakegen: {problem}", file=sys.stderr)
-            raise BakegenError(f"{len(problems)} generated file(s) differ from {args.out}/",
-                               hint="run `bakegen all --format all` and commit out/")
+            raise BakegenError(
+                f"{len(problems)} generated file(s) differ from {args.out}/",
+                hint="run `bakegen all --format all` and commit out/",
+            )
         print(f"bakegen: {len(targets)} generated files match {args.out}/")
         return 0
     if args.stdout:
@@ -226,8 +237,11 @@ def run_generate(argv: Sequence[str]) -> int:
     if len(notes) == 1:
         print(f"bakegen: note: {notes[0]}", file=sys.stderr)
     elif notes:
-        print(f"bakegen: note: {len(notes)} cloud-init files are above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
-              "limit: pass them gzip-compressed (gzip -9n; cloud-init reads gzip)", file=sys.stderr)
+        print(
+            f"bakegen: note: {len(notes)} cloud-init files are above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
+            "limit: pass them gzip-compressed (gzip -9n; cloud-init reads gzip)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -239,9 +253,19 @@ def run_list(argv: Sequence[str]) -> int:
     rows = [("DISTRO", "NAME", "FAMILY", "ARCHES", "DRIVER SOURCES (default first)", "FORMATS")]
     formats = ",".join(f.value for f in Format)
     for distro in distros:
-        sources = [distro.default_driver_source] + sorted(s for s in distro.driver_sources if s != distro.default_driver_source)
-        rows.append((distro.id, distro.name, distro.family.value, ",".join(a.value for a in distro.arches),
-                     ",".join(sources), formats))
+        sources = [distro.default_driver_source] + sorted(
+            s for s in distro.driver_sources if s != distro.default_driver_source
+        )
+        rows.append(
+            (
+                distro.id,
+                distro.name,
+                distro.family.value,
+                ",".join(a.value for a in distro.arches),
+                ",".join(sources),
+                formats,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -296,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("BAKEGEN_DEBUG"):
             raise
-        print(f"bakegen: internal error: {type(exc).__name__}: {exc} (set BAKEGEN_DEBUG=1 for details)", file=sys.stderr)
+        print(
+            f"bakegen: internal error: {type(exc).__name__}: {exc} (set BAKEGEN_DEBUG=1 for details)", file=sys.stderr
+        )
         return 1
 
 

@@ -96,9 +96,7 @@ def _to_python(node: yaml.Node, display: str, path: KeyPath, lines: Provenance, 
             out[key] = _to_python(value_node, display, path + (key,), lines, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _to_python(item, display, path + (str(i),), lines, problems) for i, item in enumerate(node.value)
-        ]
+        return [_to_python(item, display, path + (str(i),), lines, problems) for i, item in enumerate(node.value)]
     # Scalars: PyYAML's SafeLoader resolves the tag (YAML 1.1, as cloud-init reads YAML).
     return _scalar(node)
 
@@ -222,7 +220,8 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
     for error in validator.iter_errors(merged.data):
         path = tuple(str(p) for p in error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = sorted(error.schema.get("properties", {}))
+            schema = error.schema if isinstance(error.schema, dict) else {}
+            allowed = sorted(schema.get("properties", {}))
             for key in sorted(k for k in error.instance if k not in allowed):
                 message = f"unknown key {key!r} (allowed: {', '.join(allowed)})"
                 problems.append(_locate(merged, (*path, key), message))
@@ -235,7 +234,7 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern":
         return f"{error.instance!r} does not have the expected form"
     if error.validator == "enum":
-        choices = ", ".join(str(c) for c in error.validator_value)
+        choices = ", ".join(str(c) for c in error.validator_value)  # type: ignore[union-attr]
         return f"{error.instance!r} is not one of: {choices}"
     return error.message
 

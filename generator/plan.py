@@ -38,7 +38,9 @@ _IMAGE_RE = re.compile(
     r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
-_GPUS_RE = re.compile(r"^(all|[1-9][0-9]?|(device=)?[0-9]+(,[0-9]+)*|(device=)?GPU-[0-9a-f-]{36}(,GPU-[0-9a-f-]{36})*)$")
+_GPUS_RE = re.compile(
+    r"^(all|[1-9][0-9]?|(device=)?[0-9]+(,[0-9]+)*|(device=)?GPU-[0-9a-f-]{36}(,GPU-[0-9a-f-]{36})*)$"
+)
 
 
 @dataclass(frozen=True)

@@ -107,13 +107,17 @@ def check_cloud_init_system(files: list[Path]) -> list[Problem]:
     """Debian's cloud-init schema check, in one process under the system Python."""
     if not files:
         return []
-    if not Path(SYSTEM_PYTHON).exists() or subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import cloudinit"], capture_output=True, check=False
-    ).returncode:
+    if (
+        not Path(SYSTEM_PYTHON).exists()
+        or subprocess.run([SYSTEM_PYTHON, "-c", "import cloudinit"], capture_output=True, check=False).returncode
+    ):
         raise MissingValidator("validator cloud-init is not installed", hint="apt-get install cloud-init")
     result = subprocess.run(
         [SYSTEM_PYTHON, "-c", _CLOUD_INIT_BATCH, *map(str, files)],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     if result.returncode:
         raise BakegenError(f"cloud-init's schema check crashed: {result.stderr.strip().splitlines()[-1:]}")
@@ -160,6 +164,7 @@ def check_yamllint(files: list[Path]) -> list[Problem]:
 
 # ----- shell -----
 
+
 def _by_content(files: list[Path]) -> dict[Path, list[Path]]:
     """Identical files (the shell and Packer outputs carry the same script) are checked once."""
     groups: dict[str, list[Path]] = {}
@@ -175,7 +180,10 @@ def check_shellcheck(files: list[Path]) -> list[Problem]:
     groups = _by_content(files)
     result = subprocess.run(
         [tool, "-S", "warning", "-f", "json1", *map(str, groups)],
-        capture_output=True, text=True, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     comments = json.loads(result.stdout or "{}").get("comments", [])
     return [
@@ -195,6 +203,7 @@ def check_bash_syntax(files: list[Path]) -> list[Problem]:
 
 
 # ----- HCL / Packer -----
+
 
 def check_hcl_parser(files: list[Path]) -> list[Problem]:
     import pygohcl
@@ -268,12 +277,20 @@ def check_packer_validate(files: list[Path]) -> list[Problem]:
             if (copy / "example.pkrvars.hcl").is_file():
                 args.append("-var-file=example.pkrvars.hcl")
             result = subprocess.run(
-                [*args, "."], cwd=copy, capture_output=True, text=True, check=False, timeout=120,
+                [*args, "."],
+                cwd=copy,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
                 env={**os.environ, "CHECKPOINT_DISABLE": "1"},
             )
             if result.returncode:
-                message = " ".join(line.strip() for line in result.stdout.splitlines() + result.stderr.splitlines()
-                                   if line.strip().startswith(("Error", "An argument", "Blocks of", "on ")))
+                message = " ".join(
+                    line.strip()
+                    for line in result.stdout.splitlines() + result.stderr.splitlines()
+                    if line.strip().startswith(("Error", "An argument", "Blocks of", "on "))
+                )
                 problems.append(Problem(folder, "packer validate", message or result.stderr.strip()))
     return problems
 

@@ -16,54 +16,130 @@ GOOD_FPR = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 BAD_INPUTS = [
     pytest.param(["debain12"], 2, "unknown distribution 'debain12' (did you mean debian12?)", id="unknown-distro"),
     pytest.param(["debian12", "--arch", "sparc"], 2, "--arch: invalid choice: 'sparc'", id="bad-arch"),
-    pytest.param(["amzn2023", "--format", "packer", "--cloud", "gcp"], 2, "amzn2023 has no base image for gcp",
-                 id="cloud-without-image"),
-    pytest.param(["debian12", "--driver-branch", "abc"], 2, "--driver-branch: 'abc' is not a driver branch (e.g. 580)",
-                 id="driver-branch-abc"),
-    pytest.param(["debian12", "--driver-branch", "580"], 2, "debian12's debian-nonfree source provides branch 535 only",
-                 id="branch-the-source-lacks"),
-    pytest.param(["debian12", "--driver-version", "535.1.2", "--driver-branch", "550", "--driver-source", "cuda-repo"],
-                 2, "--driver-version: 535.1.2 is not on branch 550", id="version-off-branch"),
-    pytest.param(["debian11", "--kernel-modules", "open"], 2, "debian11's debian-nonfree source has no open kernel modules",
-                 id="no-open-modules"),
+    pytest.param(
+        ["amzn2023", "--format", "packer", "--cloud", "gcp"],
+        2,
+        "amzn2023 has no base image for gcp",
+        id="cloud-without-image",
+    ),
+    pytest.param(
+        ["debian12", "--driver-branch", "abc"],
+        2,
+        "--driver-branch: 'abc' is not a driver branch (e.g. 580)",
+        id="driver-branch-abc",
+    ),
+    pytest.param(
+        ["debian12", "--driver-branch", "580"],
+        2,
+        "debian12's debian-nonfree source provides branch 535 only",
+        id="branch-the-source-lacks",
+    ),
+    pytest.param(
+        ["debian12", "--driver-version", "535.1.2", "--driver-branch", "550", "--driver-source", "cuda-repo"],
+        2,
+        "--driver-version: 535.1.2 is not on branch 550",
+        id="version-off-branch",
+    ),
+    pytest.param(
+        ["debian11", "--kernel-modules", "open"],
+        2,
+        "debian11's debian-nonfree source has no open kernel modules",
+        id="no-open-modules",
+    ),
     pytest.param(["debian12", "--toolkit-version", "1.17.7"], 2, "1.17.7 is below 1.17.8", id="toolkit-below-floor"),
-    pytest.param(["debian12", "--toolkit-version", "latest"], 2, "is not a toolkit version", id="toolkit-not-a-version"),
-    pytest.param(["debian12", "--mirror", "nvidia-container-toolkit=http://mirror.example/nct"], 2,
-                 "only https:// URLs are allowed", id="http-mirror"),
+    pytest.param(
+        ["debian12", "--toolkit-version", "latest"], 2, "is not a toolkit version", id="toolkit-not-a-version"
+    ),
+    pytest.param(
+        ["debian12", "--mirror", "nvidia-container-toolkit=http://mirror.example/nct"],
+        2,
+        "only https:// URLs are allowed",
+        id="http-mirror",
+    ),
     pytest.param(["debian12", "--mirror", "nvidia-container-toolkit"], 2, "is not NAME=VALUE", id="mirror-without-url"),
-    pytest.param(["debian12", "--mirror", "nope=https://mirror.example/x"], 2, "debian12 has no repository 'nope'",
-                 id="mirror-unknown-repo"),
-    pytest.param(["debian12", "--key-fingerprint", "nvidia-container-toolkit=F796ECB0"], 2,
-                 "is not a full 40-hex-digit key fingerprint", id="short-fingerprint"),
-    pytest.param(["debian12", "--key-fingerprint", f"nvidia-container-toolkit={GOOD_FPR[:-1]}Z"], 2,
-                 "is not a full 40-hex-digit key fingerprint", id="malformed-fingerprint"),
+    pytest.param(
+        ["debian12", "--mirror", "nope=https://mirror.example/x"],
+        2,
+        "debian12 has no repository 'nope'",
+        id="mirror-unknown-repo",
+    ),
+    pytest.param(
+        ["debian12", "--key-fingerprint", "nvidia-container-toolkit=F796ECB0"],
+        2,
+        "is not a full 40-hex-digit key fingerprint",
+        id="short-fingerprint",
+    ),
+    pytest.param(
+        ["debian12", "--key-fingerprint", f"nvidia-container-toolkit={GOOD_FPR[:-1]}Z"],
+        2,
+        "is not a full 40-hex-digit key fingerprint",
+        id="malformed-fingerprint",
+    ),
     # Injection attempts in every free-text value: rejected before anything is rendered.
-    pytest.param(["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/$(reboot)"], 2,
-                 "only scheme, host, port and a plain path", id="shell-injection-mirror"),
-    pytest.param(["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/a'b"], 2,
-                 "only scheme, host, port and a plain path", id="quote-injection-mirror"),
-    pytest.param(["debian12", "--mirror", 'nvidia-container-toolkit=https://m.example/"\nruncmd: [x]'], 2,
-                 "only scheme, host, port and a plain path", id="yaml-injection-mirror"),
-    pytest.param(["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/${var.x}"], 2,
-                 "only scheme, host, port and a plain path", id="hcl-injection-mirror"),
-    pytest.param(["debian12", "--container-image", "nvidia/cuda;reboot"], 2, "is not a container image reference",
-                 id="shell-injection-image"),
-    pytest.param(["debian12", "--container-image", 'x"\n  - reboot'], 2, "is not a container image reference",
-                 id="yaml-injection-image"),
+    pytest.param(
+        ["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/$(reboot)"],
+        2,
+        "only scheme, host, port and a plain path",
+        id="shell-injection-mirror",
+    ),
+    pytest.param(
+        ["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/a'b"],
+        2,
+        "only scheme, host, port and a plain path",
+        id="quote-injection-mirror",
+    ),
+    pytest.param(
+        ["debian12", "--mirror", 'nvidia-container-toolkit=https://m.example/"\nruncmd: [x]'],
+        2,
+        "only scheme, host, port and a plain path",
+        id="yaml-injection-mirror",
+    ),
+    pytest.param(
+        ["debian12", "--mirror", "nvidia-container-toolkit=https://m.example/${var.x}"],
+        2,
+        "only scheme, host, port and a plain path",
+        id="hcl-injection-mirror",
+    ),
+    pytest.param(
+        ["debian12", "--container-image", "nvidia/cuda;reboot"],
+        2,
+        "is not a container image reference",
+        id="shell-injection-image",
+    ),
+    pytest.param(
+        ["debian12", "--container-image", 'x"\n  - reboot'],
+        2,
+        "is not a container image reference",
+        id="yaml-injection-image",
+    ),
     pytest.param(["debian12", "--gpus", "all; reboot"], 2, "--gpus: 'all; reboot' is not", id="shell-injection-gpus"),
-    pytest.param(["debian12", "--capabilities", "compute,$(id)"], 2, "is not a comma list", id="injection-capabilities"),
-    pytest.param(["debian12", "--format", "packer", "--stdout"], 2, "--stdout takes one distribution", id="stdout-packer"),
+    pytest.param(
+        ["debian12", "--capabilities", "compute,$(id)"], 2, "is not a comma list", id="injection-capabilities"
+    ),
+    pytest.param(
+        ["debian12", "--format", "packer", "--stdout"], 2, "--stdout takes one distribution", id="stdout-packer"
+    ),
     pytest.param(["all", "--stdout"], 2, "--stdout takes one distribution", id="stdout-all"),
-    pytest.param(["debian12", "--no-driver", "--driver-branch", "535"], 2, "--no-driver cannot be combined",
-                 id="no-driver-and-branch"),
+    pytest.param(
+        ["debian12", "--no-driver", "--driver-branch", "535"],
+        2,
+        "--no-driver cannot be combined",
+        id="no-driver-and-branch",
+    ),
     pytest.param(["debian12", "--expected-gpus", "-1"], 2, "--expected-gpus: must be 0", id="negative-gpus"),
-    pytest.param(["show", "ubuntu"], 2, "ubuntu is an abstract parent; show one that extends it: ubuntu20.04",
-                 id="show-abstract-parent"),
+    pytest.param(
+        ["show", "ubuntu"],
+        2,
+        "ubuntu is an abstract parent; show one that extends it: ubuntu20.04",
+        id="show-abstract-parent",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("args", "code", "message"), BAD_INPUTS)
-def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+def test_bad_input_gives_one_clear_line_and_writes_nothing(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
     out = tmp_path / "out"
     result = run_cli(*args, "--out", str(out)) if args[0] != "show" else run_cli(*args)
     assert result.returncode == code, result.stderr
@@ -119,11 +195,31 @@ def test_packer_for_aarch64_writes_a_folder(tmp_path: Path) -> None:
 
 def test_options_reach_the_generated_script() -> None:
     result = run_cli(
-        "rhel9", "--format", "shell", "--stdout", "--driver-branch", "570", "--kernel-modules", "proprietary",
-        "--toolkit-version", "1.18.1", "--runtime", "docker", "--runtime", "containerd", "--cdi",
-        "--mirror", "nvidia-container-toolkit=https://mirror.example:8443/nct",
-        "--key-fingerprint", f"nvidia-container-toolkit={GOOD_FPR.lower()}",
-        "--container-image", "registry.example/cuda:12.9", "--gpus", "0,1", "--capabilities", "compute,utility,video",
+        "rhel9",
+        "--format",
+        "shell",
+        "--stdout",
+        "--driver-branch",
+        "570",
+        "--kernel-modules",
+        "proprietary",
+        "--toolkit-version",
+        "1.18.1",
+        "--runtime",
+        "docker",
+        "--runtime",
+        "containerd",
+        "--cdi",
+        "--mirror",
+        "nvidia-container-toolkit=https://mirror.example:8443/nct",
+        "--key-fingerprint",
+        f"nvidia-container-toolkit={GOOD_FPR.lower()}",
+        "--container-image",
+        "registry.example/cuda:12.9",
+        "--gpus",
+        "0,1",
+        "--capabilities",
+        "compute,utility,video",
         check=True,
     )
     script = result.stdout

@@ -14,8 +14,18 @@ from generator.resolve import builtin_distros_dir, descriptor_set, load_all, loa
 from tests.helpers import all_distro_ids
 
 REQUIRED_RELEASES = [
-    "ubuntu20.04", "ubuntu22.04", "ubuntu24.04", "debian11", "debian12", "debian13",
-    "rhel8", "rhel9", "rocky9", "almalinux9", "amzn2023", "sles15",
+    "ubuntu20.04",
+    "ubuntu22.04",
+    "ubuntu24.04",
+    "debian11",
+    "debian12",
+    "debian13",
+    "rhel8",
+    "rhel9",
+    "rocky9",
+    "almalinux9",
+    "amzn2023",
+    "sles15",
 ]
 
 
@@ -43,7 +53,9 @@ def test_variants_state_only_their_differences() -> None:
     """rocky9 extends rhel9: its file holds identity and cloud images, nothing the parent already says."""
     raw = descriptor_set().raw("rocky9").data
     assert set(raw) <= {"extends", "name", "os_release", "cloud"}
-    assert load_distro(descriptor_set(), "rocky9").driver_sources == load_distro(descriptor_set(), "rhel9").driver_sources
+    assert (
+        load_distro(descriptor_set(), "rocky9").driver_sources == load_distro(descriptor_set(), "rhel9").driver_sources
+    )
 
 
 def test_deep_merge_replaces_lists_merges_maps_and_null_deletes() -> None:
@@ -60,45 +72,67 @@ def _write(folder: Path, files: dict[str, str]) -> DescriptorSet:
 
 # (files in a user's --distros-dir, the descriptor to load, messages that must all be in the error)
 BAD_DESCRIPTORS = [
-    pytest.param({"bad.yaml": "extends: debian12\nname: [unclosed\n"}, "bad", ["bad.yaml:3: not valid YAML"], id="malformed-yaml"),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nname: [unclosed\n"}, "bad", ["bad.yaml:3: not valid YAML"], id="malformed-yaml"
+    ),
     pytest.param(
         {"bad.yaml": "extends: debian12\nname: X\nfavourite_colour: blue\n"},
-        "bad", ["bad.yaml:3: favourite_colour: unknown key 'favourite_colour'"], id="unknown-top-level-key",
+        "bad",
+        ["bad.yaml:3: favourite_colour: unknown key 'favourite_colour'"],
+        id="unknown-top-level-key",
     ),
     pytest.param(
         {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    fingerprint: ABCD\n"},
-        "bad", ["bad.yaml:4: repos.cuda.fingerprint: 'ABCD' does not have the expected form"], id="short-fingerprint",
+        "bad",
+        ["bad.yaml:4: repos.cuda.fingerprint: 'ABCD' does not have the expected form"],
+        id="short-fingerprint",
     ),
     pytest.param(
         {"bad.yaml": "extends: debian12\ndriver:\n  sources:\n    debian-nonfree:\n      default_branch: abc\n"},
-        "bad", ["bad.yaml:5: driver.sources.debian-nonfree.default_branch: 'abc' does not have the expected form"],
+        "bad",
+        ["bad.yaml:5: driver.sources.debian-nonfree.default_branch: 'abc' does not have the expected form"],
         id="driver-branch-abc",
     ),
     pytest.param(
         {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    base: http://example.com/repo\n"},
-        "bad", ["bad.yaml:4: repos.cuda.base: 'http://example.com/repo' does not have the expected form"],
+        "bad",
+        ["bad.yaml:4: repos.cuda.base: 'http://example.com/repo' does not have the expected form"],
         id="http-repo",
     ),
     pytest.param(
         {"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"},
-        "a", ["b.yaml:1: extends: cycle a -> b -> a"], id="cyclic-extends",
+        "a",
+        ["b.yaml:1: extends: cycle a -> b -> a"],
+        id="cyclic-extends",
     ),
-    pytest.param({"bad.yaml": "extends: debain12\n"}, "bad", ["bad.yaml:1: extends: 'debain12' is not a known descriptor"],
-                 id="unknown-parent"),
     pytest.param(
-        {"bad.yaml": "extends: debian12\nname: A\nname: B\n"}, "bad", ["bad.yaml:3: name: duplicate key"], id="duplicate-key",
+        {"bad.yaml": "extends: debain12\n"},
+        "bad",
+        ["bad.yaml:1: extends: 'debain12' is not a known descriptor"],
+        id="unknown-parent",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nname: A\nname: B\n"},
+        "bad",
+        ["bad.yaml:3: name: duplicate key"],
+        id="duplicate-key",
     ),
     pytest.param(
         {"bad.yaml": "extends: debian12\ntoolkit:\n  repo: nope\n"},
-        "bad", ["bad.yaml:3: toolkit.repo: 'nope' is not one of this descriptor's repos"], id="dangling-reference",
+        "bad",
+        ["bad.yaml:3: toolkit.repo: 'nope' is not one of this descriptor's repos"],
+        id="dangling-reference",
     ),
     pytest.param(
         {"bad.yaml": "extends: debian12\nrepos:\n  cuda:\n    path: '{nonsense}/x'\n"},
-        "bad", ["bad.yaml:4: repos.cuda.path: unknown placeholder {nonsense}"], id="unknown-placeholder",
+        "bad",
+        ["bad.yaml:4: repos.cuda.path: unknown placeholder {nonsense}"],
+        id="unknown-placeholder",
     ),
     pytest.param(
-        {"bad.yaml": "extends: debian12\nname: \"two\\nlines\"\narches: [sparc]\n"},
-        "bad", ["bad.yaml:2: name:", "bad.yaml:3: arches.0: 'sparc' is not one of: x86_64, aarch64"],
+        {"bad.yaml": 'extends: debian12\nname: "two\\nlines"\narches: [sparc]\n'},
+        "bad",
+        ["bad.yaml:2: name:", "bad.yaml:3: arches.0: 'sparc' is not one of: x86_64, aarch64"],
         id="several-problems-at-once",
     ),
 ]
@@ -117,10 +151,13 @@ def test_bad_descriptor_is_reported_with_file_line_and_key(
 
 
 def test_all_problems_of_all_descriptors_come_together(tmp_path: Path) -> None:
-    descriptors = _write(tmp_path, {
-        "one.yaml": "extends: debian12\nbogus: 1\n",
-        "two.yaml": "extends: rhel9\narches: [mips]\n",
-    })
+    descriptors = _write(
+        tmp_path,
+        {
+            "one.yaml": "extends: debian12\nbogus: 1\n",
+            "two.yaml": "extends: rhel9\narches: [mips]\n",
+        },
+    )
     with pytest.raises(DescriptorError) as caught:
         load_all(descriptors)
     problems = caught.value.problems
