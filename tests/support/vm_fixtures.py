@@ -1,0 +1,95 @@
+"""pytest fixtures for the QEMU harness. tests/conftest.py pulls them in with
+`from tests.support.vm_fixtures import vm_cache_dir, vm_image_factory, vm_boot  # noqa: F401`.
+
+Environment:
+  BAKEGEN_CACHE        cache root (default ~/.cache/bakegen); images under vm-images/
+  BAKEGEN_VM_RELEASES  comma-separated releases the VM tests run for (default: all)
+  BAKEGEN_VM_ACCEL     QEMU accelerator (default tcg,thread=multi)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.vm import VmRun, boot, kill_all_vms
+from tests.support.vm_image import RELEASES, Release, VmImage, build_image, default_cache_dir
+
+REQUIRED_TOOLS = (
+    "qemu-system-x86_64",
+    "qemu-img",
+    "genisoimage",
+    "mkfs.vfat",
+    "mcopy",
+    "mdir",
+    "mmdebstrap",
+    "mkfs.ext4",
+    "debugfs",
+    "e2fsck",
+)
+
+ImageFactory = Callable[..., VmImage]
+BootFactory = Callable[..., VmRun]
+
+
+def vm_missing_requirements() -> list[str]:
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root (mmdebstrap --mode=root)")
+    return missing
+
+
+def vm_releases() -> tuple[Release, ...]:
+    """Releases selected by BAKEGEN_VM_RELEASES (all by default), for parametrize."""
+    wanted = os.environ.get("BAKEGEN_VM_RELEASES", "")
+    if not wanted.strip():
+        return RELEASES
+    chosen = tuple(r for r in RELEASES if r in {w.strip() for w in wanted.split(",")})
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def vm_cache_dir() -> Path:
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def vm_image_factory(vm_cache_dir: Path) -> ImageFactory:
+    """`vm_image_factory("bookworm", extra_ca=[...])` -> VmImage, built once and cached."""
+    missing = vm_missing_requirements()
+    if missing:
+        pytest.skip(f"VM harness needs: {', '.join(missing)}")
+    built: dict[tuple[str, tuple[Path, ...]], VmImage] = {}
+
+    def factory(release: Release, extra_ca: Sequence[Path] = ()) -> VmImage:
+        key = (release, tuple(Path(p) for p in extra_ca))
+        if key not in built:
+            built[key] = build_image(release, vm_cache_dir, extra_ca)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture
+def vm_boot(tmp_path: Path) -> Iterator[BootFactory]:
+    """`vm_boot(image, user_data, **boot_kwargs)` -> VmRun, with run files under tmp_path.
+
+    Every QEMU started is killed at teardown, whatever the test did.
+    """
+    count = 0
+
+    def run(image: VmImage, user_data: str, **kwargs: Any) -> VmRun:
+        nonlocal count
+        count += 1
+        kwargs.setdefault("run_dir", tmp_path / f"vm-{count}")
+        return boot(image, user_data, **kwargs)
+
+    try:
+        yield run
+    finally:
+        kill_all_vms()
