@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import sys
 from collections.abc import Sequence
@@ -207,12 +208,10 @@ def run_generate(argv: Sequence[str]) -> int:
             check_rendered(file, label)
             rendered_for_stdout = file
             targets.append(Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode))
-            size = len(file.content.encode())
-            if file.kind == FileKind.CLOUD_CONFIG and size > USER_DATA_WARN_BYTES:
-                notes.append(
-                    f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
-                    "pass it gzip-compressed (gzip -9n; cloud-init reads gzip) or bake an image with Packer"
-                )
+            if file.kind == FileKind.CLOUD_CONFIG:
+                note = user_data_size_note(label, file.content)
+                if note:
+                    notes.append(note)
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)
@@ -239,10 +238,28 @@ def run_generate(argv: Sequence[str]) -> int:
     elif notes:
         print(
             f"bakegen: note: {len(notes)} cloud-init files are above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
-            "limit: pass them gzip-compressed (gzip -9n; cloud-init reads gzip)",
+            "limit (see the README: User-data size)",
             file=sys.stderr,
         )
     return 0
+
+
+def user_data_size_note(label: str, content: str) -> str | None:
+    """Providers cap user-data (AWS: 16 KiB, Azure: 64 KiB); cloud-init also reads it gzip-compressed."""
+    size = len(content.encode())
+    if size <= USER_DATA_WARN_BYTES:
+        return None
+    packed = len(gzip.compress(content.encode(), compresslevel=9, mtime=0))
+    if packed <= USER_DATA_WARN_BYTES:
+        return (
+            f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
+            f"gzip -9n brings it to {packed} bytes, and cloud-init reads gzip"
+        )
+    return (
+        f"{label} is {size} bytes ({packed} gzip-compressed), above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
+        "limit: on AWS bake an image with --format packer; Google Cloud (256 KiB) and, gzip-compressed, "
+        "Azure (64 KiB) take it"
+    )
 
 
 def run_list(argv: Sequence[str]) -> int:
