@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -35,10 +34,6 @@ rules:
 """
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter Debian's cloud-init package is installed for
-# Packer fields the Packer in Debian (1.6.6) does not know; they are checked by the HCL parser only.
-PACKER_LEGACY_UNKNOWN_BLOCKS = ("metadata_options",)
-PACKER_LEGACY_UNKNOWN_ATTRIBUTES = ("imds_support",)
-PACKER_PLUGINS_FILE = "plugins.pkr.hcl"  # `packer { required_plugins }`: Packer >= 1.7 only
 
 
 @dataclass(frozen=True)
@@ -235,44 +230,24 @@ def check_packer_fmt(files: list[Path]) -> list[Problem]:
     return problems
 
 
-def legacy_packer_copy(folder: Path, dest: Path) -> None:
-    """A copy Packer 1.6 understands: no plugins file, no fields it predates (the HCL parser checks those)."""
-    shutil.copytree(folder, dest, dirs_exist_ok=True)
-    (dest / PACKER_PLUGINS_FILE).unlink(missing_ok=True)
-    for path in dest.glob("*.pkr.hcl"):
-        path.write_text(strip_hcl(path.read_text(encoding="utf-8")), encoding="utf-8")
-
-
-def strip_hcl(text: str) -> str:
-    """Remove the legacy-unknown attributes (one line each) and blocks (brace-matched) from HCL text."""
-    lines = text.split("\n")
-    out: list[str] = []
-    skipping = 0
-    attribute = re.compile(rf"^\s*({'|'.join(PACKER_LEGACY_UNKNOWN_ATTRIBUTES)})\s*=")
-    block = re.compile(rf"^\s*({'|'.join(PACKER_LEGACY_UNKNOWN_BLOCKS)})\s*\{{\s*$")
-    for line in lines:
-        if skipping:
-            skipping += line.count("{") - line.count("}")
-            continue
-        if block.match(line):
-            skipping = 1
-            continue
-        if attribute.match(line):
-            continue
-        out.append(line)
-    return "\n".join(out)
-
-
 def check_packer_validate(files: list[Path]) -> list[Problem]:
+    """`packer validate`; for a Packer older than 1.7 on the runner's compatibility copy (what it leaves out is
+    still checked by the HCL parser)."""
+    from .packer_runner import make_legacy_copy, packer_version
+
     problems = []
     folders = _packer_folders(files)
     if not folders:
         return []
     packer = _need("packer", "apt-get install packer")
+    legacy = packer_version(packer).legacy
     for folder in folders:
         with tempfile.TemporaryDirectory(prefix="bakegen-packer-") as tmp:
             copy = Path(tmp) / "packer"
-            legacy_packer_copy(folder, copy)
+            if legacy:
+                make_legacy_copy(folder, copy)
+            else:
+                shutil.copytree(folder, copy)
             args = [packer, "validate"]
             if (copy / "example.pkrvars.hcl").is_file():
                 args.append("-var-file=example.pkrvars.hcl")

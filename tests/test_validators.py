@@ -61,11 +61,3 @@ def test_packer_validators_catch_syntax_format_and_unknown_fields(tmp_path: Path
     problems, _ = v.validate([folder])
     found = {p.validator for p in problems}
     assert {"HCL parser", "packer fmt", "packer validate"} <= found, problems
-
-
-def test_legacy_copy_strips_only_the_named_fields() -> None:
-    text = (
-        'source "amazon-ebs" "gpu" {\n  imds_support = "v2.0"\n'
-        '  metadata_options {\n    http_tokens = "required"\n  }\n  region = "x"\n}\n'
-    )
-    assert v.strip_hcl(text) == 'source "amazon-ebs" "gpu" {\n  region = "x"\n}\n'
