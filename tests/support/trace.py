@@ -208,6 +208,7 @@ class Change:
     path: str
     before: tuple[Any, ...] | None
     after: tuple[Any, ...] | None
+    data: bytes | None = None  # the file's content right after the run (files only)
 
 
 @dataclass
@@ -429,6 +430,12 @@ class FakeMachine:
         kernel = self.world["image_kernel"]
         (root / f"usr/lib/modules/{kernel}").mkdir(parents=True)
         (root / f"boot/vmlinuz-{kernel}").write_text(f"kernel {kernel}\n")
+        # Every image boots with an initramfs (initramfs-tools' name on apt systems, dracut's elsewhere).
+        initrd = f"boot/initrd.img-{kernel}" if self.distro.family is Family.APT else f"boot/initramfs-{kernel}.img"
+        (root / initrd).write_text(f"initramfs for {kernel}\n")
+        past = 1_600_000_000  # 2020: the image was built long before this run
+        for path in (root / f"boot/vmlinuz-{kernel}", root / initrd):
+            os.utime(path, (past, past))
         if self.machine.booted:
             (root / "run/systemd/system").mkdir(parents=True)
         for path, text in self.world["_files"].items():
@@ -550,6 +557,11 @@ class FakeMachine:
                                          hashlib.sha256(data).hexdigest(), len(data))
         return found
 
+    def _content(self, path: str, state: tuple[Any, ...]) -> bytes | None:
+        if state[0] != "file" or path in RUN_RECORDS:
+            return None
+        return self.read(path.replace("/lib/modules", "/usr/lib/modules", 1) if path.startswith("/lib/") else path)
+
     def read(self, path: str) -> bytes:
         return (self.root / path.lstrip("/")).read_bytes()
 
@@ -573,9 +585,9 @@ class FakeMachine:
             if path not in after:
                 changes.append(Change("-", path, before[path], None))
             elif path not in before:
-                changes.append(Change("+", path, None, after[path]))
+                changes.append(Change("+", path, None, after[path], self._content(path, after[path])))
             elif before[path] != after[path]:
-                changes.append(Change("~", path, before[path], after[path]))
+                changes.append(Change("~", path, before[path], after[path], self._content(path, after[path])))
         return Run(result.returncode, result.stdout, result.stderr, _read_calls(trace_file), changes,
                    state_before, state_after, self)
 
@@ -645,7 +657,7 @@ def describe_change(run: Run, change: Change, norm: Any, home: Path) -> list[str
         return [f"{head} (run record)"]
     if change.op == "-":
         return [f"- {change.path}"]
-    data = run.machine.read(change.path)
+    data = change.data or b""
     if change.path in EMBEDDED:
         same = data == (REPO / EMBEDDED[change.path]).read_bytes()
         return [f"{head}: {'=' if same else 'DIFFERS FROM'} {EMBEDDED[change.path]}"]

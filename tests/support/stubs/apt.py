@@ -39,12 +39,15 @@ APT_VALUE_OPTS = {"-o", "-c", "-t", "--target-release", "--format"}
 
 
 class Source:
-    def __init__(self, uri: str, suite: str, components: list[str], signed_by: str | None, origin: str) -> None:
+    """One (URI, suite) of a sources entry; `entry` is apt's $(SOURCESENTRY): FILE:LINE for one-line files,
+    FILE:STANZA for deb822 .sources (both counted from 1; checked with apt 2.6)."""
+
+    def __init__(self, uri: str, suite: str, components: list[str], signed_by: str | None, entry: str) -> None:
         self.uri = uri if uri.endswith("/") else uri + "/"
         self.suite = suite
         self.components = components
         self.signed_by = signed_by
-        self.origin = origin
+        self.entry = entry
 
     def targets(self) -> list[str]:
         if self.suite.endswith("/"):
@@ -73,7 +76,7 @@ def _source_files(config: dict[str, str]) -> list[str]:
 
 def _parse_one_line(path: str, text: str) -> list[Source]:
     sources = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -87,13 +90,17 @@ def _parse_one_line(path: str, text: str) -> list[Source]:
         for item in (match.group(2) or "").strip(" []\t").split():
             key, _, value = item.partition("=")
             options[key] = value
-        sources.append(Source(match.group(3), match.group(4), match.group(5).split(), options.get("signed-by"), path))
+        sources.append(Source(match.group(3), match.group(4), match.group(5).split(), options.get("signed-by"),
+                              f"{path}:{number}"))
     return sources
 
 
 def _parse_deb822(path: str, text: str) -> list[Source]:
     sources = []
+    number = 0
     for stanza in re.split(r"\n\s*\n", text):
+        if stanza.strip():
+            number += 1
         fields: dict[str, str] = {}
         key = ""
         for raw in stanza.splitlines():
@@ -109,7 +116,8 @@ def _parse_deb822(path: str, text: str) -> list[Source]:
             continue
         for uri in fields.get("uris", "").split():
             for suite in fields.get("suites", "").split():
-                sources.append(Source(uri, suite, fields.get("components", "").split(), fields.get("signed-by"), path))
+                sources.append(Source(uri, suite, fields.get("components", "").split(), fields.get("signed-by"),
+                                      f"{path}:{number}"))
     return sources
 
 
@@ -231,7 +239,8 @@ def _indextargets(ctx: Ctx, config: dict[str, str], opts: dict[str, list[str]], 
             if "--no-release-info" not in opts and target not in fetched:
                 continue
             uri, suite, component = target.split("|")
-            out(fmt.replace("$(REPO_URI)", uri).replace("$(RELEASE)", suite).replace("$(COMPONENT)", component))
+            out(fmt.replace("$(REPO_URI)", uri).replace("$(RELEASE)", suite).replace("$(COMPONENT)", component)
+                .replace("$(SOURCESENTRY)", source.entry))
     return 0
 
 

@@ -76,7 +76,7 @@ def dpkg_query(ctx: Ctx) -> int:
     if "-W" not in opts and "--show" not in opts:
         raise Fail(2, "dpkg-query: the stub models only -W/--show")
     rc = 0
-    for name in names:
+    for name in names or sorted(pkgs.installed(ctx)):  # no name: every package dpkg knows
         have = pkgs.installed_version(ctx, name)
         if have is None:
             err(f"dpkg-query: no packages found matching {name}")
