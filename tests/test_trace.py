@@ -1,0 +1,577 @@
+"""Run the generated install script for real against fake machines, for every distribution on disk.
+
+The harness (tests/support/trace.py) runs the script as root in a fake root whose package managers and system
+tools are recording stubs (tests/support/stubs); keys are throwaway OpenPGP keys that the script verifies with
+the real gpg. Each scenario runs the script twice on the same machine:
+  - the first run is compared with a readable fixture, tests/fixtures/trace/<scenario>.txt (commands that change
+    or fetch something, package and machine state, files), and checked against NVIDIA's documented steps
+    (/work/shared/notes/nvidia-facts.md, cited as "fact:" below);
+  - the second run must download nothing, install nothing, change no configuration and exit 0.
+Refusal paths (not root, another system, another arch, bad keys, network failures, --dry-run) follow.
+
+Regenerate the fixtures after a deliberate template change with
+    BAKEGEN_TRACE_REGEN=1 python -m pytest tests/test_trace.py
+and review the diff. Known bugs of the generated script are listed in BUGS with a suggested fix each; the
+scenarios they break are strict xfails. BAKEGEN_TRACE_FIXES=1 applies the suggested fixes to the rendered script
+(textual patches, each of which must still apply) and expects those scenarios to pass: that is how the fixtures
+were recorded, and how a template fix can be checked before the xfail is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.model import Family
+from tests.helpers import all_distro_ids
+from tests.support.trace import FakeMachine, KeyRing, Machine, Run, describe_keys, describe_run, normalizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "trace"
+REGEN = os.environ.get("BAKEGEN_TRACE_REGEN") == "1"
+FIXES = os.environ.get("BAKEGEN_TRACE_FIXES") == "1" or REGEN
+TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+                    "libnvidia-container1")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the trace harness runs scripts as root in mount namespaces"),
+    pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("gpg") is None, reason="needs unshare, gpg"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Known bugs of the generated script, found by these tests. `fix`: textual patches of the rendered script that
+# apply the suggested fix (used with BAKEGEN_TRACE_FIXES=1); None where no small patch expresses it.
+
+
+@dataclass(frozen=True)
+class Bug:
+    id: str
+    summary: str
+    fix: tuple[tuple[str, str], ...] | None = None
+
+
+# The fix of U1 and U2: the driver's packages and Canonical's precompiled modules per target kernel, through apt.
+UBUNTU_DRIVERS_FIX = ((
+    '  run retry 3 ubuntu-drivers install --gpgpu "$spec" || '
+    'die "$EX_NETWORK" "ubuntu-drivers could not install $spec"',
+    '  local kernel mods=()\n'
+    '  for kernel in $(target_kernels); do mods+=("linux-modules-nvidia-${spec#nvidia:}-$kernel"); done\n'
+    '  pm_install_missing "${DRIVER_PACKAGES[@]}" "${mods[@]}" || die "$EX_NETWORK" "could not install $spec"'),)
+
+
+BUGS = {bug.id: bug for bug in (
+    Bug("U1-ubuntu-drivers-needs-gpu",
+        "templates/shell/pm/apt.sh.j2 driver_install_ubuntu_drivers: `ubuntu-drivers install --gpgpu "
+        "nvidia:580-server-open` installs only for NVIDIA hardware it detects (UbuntuDrivers/detect.py "
+        "system_gpgpu_driver_packages reads /sys/devices modaliases): baking an image in a chroot or on a builder "
+        "without a GPU fails with 'No drivers found for installation.', exit 5. Fix: install the packages with apt "
+        "directly: DRIVER_PACKAGES plus linux-modules-nvidia-580-server-open-<kernel> for each target kernel "
+        "(Canonical's signed precompiled modules need no detection).",
+        UBUNTU_DRIVERS_FIX),
+    Bug("U2-ubuntu-drivers-no-utils",
+        "driver_install_ubuntu_drivers: ubuntu-drivers --gpgpu installs the headless metapackage and the "
+        "linux-modules meta, not nvidia-utils-580-server (Ubuntu's server guide installs it separately): nvidia-smi "
+        "is missing, and since the descriptor's DRIVER_PACKAGES include it, every run runs ubuntu-drivers again. "
+        "Fix: as U1 (install DRIVER_PACKAGES with apt).",
+        UBUNTU_DRIVERS_FIX),
+    Bug("A1-al2023-minimal-packages",
+        "distros/amzn2023.yaml base_packages (curl, gnupg2): AL2023 images carry curl-minimal and gnupg2-minimal, "
+        "which conflict with curl and gnupg2; `dnf install curl gnupg2` fails without --allowerasing (exit 5). "
+        "Fix: base_packages curl-minimal, gnupg2-minimal on amzn2023 (both provide what the script needs).",
+        (("readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod)\n",
+          "readonly BASE_PACKAGES=(ca-certificates curl-minimal gnupg2-minimal python3 pciutils kmod)\n"),)),
+    Bug("A2-al2023-kernel-headers",
+        "distros/amzn2023.yaml kernel.extra lacks kernel-headers-{kernel}: NVIDIA's AL2023 steps install "
+        "kernel-devel, kernel-headers and kernel-modules-extra for the kernel (nvidia-facts.md).",
+        (("readonly KERNEL_EXTRA=('kernel-modules-extra-{kernel}')",
+          "readonly KERNEL_EXTRA=('kernel-headers-{kernel}' 'kernel-modules-extra-{kernel}')"),)),
+    Bug("F1-dnf5-versionlock-list",
+        "templates/shell/pm/dnf.sh.j2 pm_hold_installed: `dnf versionlock list | grep \"^$pkg-[0-9]\"` matches "
+        "dnf4's format only; Fedora 41+ has dnf5, which lists `Package name: NAME` / `evr = ...` "
+        "(libdnf5/rpm/versionlock_config.cpp), so every run adds the lock again. Fix: also match "
+        "`^Package name: $pkg$`.",
+        (('grep -q "^$pkg-[0-9]"', 'grep -Eq "^($pkg-[0-9]|Package name: $pkg\\$)"'),)),
+    Bug("R1-branch-ignored-without-streams",
+        "driver_install_packages (dnf without module streams, zypper): DRIVER_VERSION is empty, so `install "
+        "nvidia-open` takes the repository's newest branch (590 here) and then locks it, although the script says "
+        "'NVIDIA driver 580'. Fix: install a branch-bound spec (dnf: nvidia-open-580.*; zypper: 'nvidia-open<581') "
+        "or NVIDIA's nvidia-driver-pinning-580 where offered.",
+        None),
+    Bug("R2-toolkit-not-held-on-rhel",
+        "templates/shell/pm/dnf.sh.j2 pm_hold_installed without the dnf-versionlock capability (RHEL, Rocky, Alma, "
+        "AL2023) only logs 'held by its module stream or exact version': with --toolkit-version the toolkit is "
+        "installed at that version but nothing holds it (no stream covers it); the next `dnf upgrade` moves it. "
+        "Fix: versionlock the toolkit (python3-dnf-plugin-versionlock) on every dnf distribution.",
+        (('  log "$name: held by its module stream or exact version"\n',
+          '  local pkg held=()\n  pm_install python3-dnf-plugin-versionlock\n  for pkg in "$@"; do\n'
+          '    if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -q "^$pkg-[0-9]"; '
+          'then\n      held+=("$pkg")\n    fi\n  done\n'
+          '  if [ "${#held[@]}" -gt 0 ]; then run dnf -q versionlock add "${held[@]}"; else log "$name already held"; '
+          'fi\n'),)),
+    Bug("R3-rpm-key-left-after-failed-refresh",
+        "templates/shell/pm/rpm.sh.j2 rpm_repo_add: when the refresh fails it removes the .repo and key files but "
+        "not the key it already imported with `rpm --import`, though it says 'removed what this run added'. Fix: "
+        "`rpm -e gpg-pubkey-<last 8 of fpr, lower case>` for a key this run imported.",
+        (('      if [ "$created_key" = 1 ]; then rm -f -- "$key"; fi\n',
+          '      if [ "$created_key" = 1 ]; then rm -f -- "$key"; rpm -e "gpg-pubkey-$(printf %s "${fpr: -8}" | '
+          'tr A-F a-f)" >/dev/null 2>&1 || true; fi\n'),)),
+)}
+
+# Found by this suite and fixed in the templates since: pm_install died at the first package not installed
+# (pkg_version failed under set -e/pipefail); config_sum died on a missing runtime config; `printf | put_file`
+# lost CHANGED in a subshell (no initramfs after the nouveau blacklist); the second run backed up bakegen's own
+# daemon.json; Debian's second run always ran `apt-get update`; --dry-run died for want of dkms; on bullseye's
+# one-line sources.list (no Signed-By) the added components conflicted with the existing entries' Signed-By and
+# left apt unusable.
+COMMON: tuple[str, ...] = ()
+BY_DISTRO = {
+    "ubuntu": ("U1-ubuntu-drivers-needs-gpu", "U2-ubuntu-drivers-no-utils"),
+    "amzn2023": ("A1-al2023-minimal-packages", "A2-al2023-kernel-headers"),
+    "fedora43": ("F1-dnf5-versionlock-list", "R1-branch-ignored-without-streams"),
+    "sles15": ("R1-branch-ignored-without-streams",),
+}
+
+
+def patch_script(script: str, bug_ids: tuple[str, ...]) -> str:
+    """The rendered script with the suggested fixes of these bugs (each patch must still apply)."""
+    applied: set[tuple[str, str]] = set()
+    for bug_id in bug_ids:
+        for old, new in BUGS[bug_id].fix or ():
+            if (old, new) in applied:  # one fix for several bugs
+                continue
+            applied.add((old, new))
+            if old not in script:
+                raise AssertionError(f"the fix for {bug_id} no longer applies (fixed in the template?): remove it "
+                                     f"from BUGS and from the scenarios that name it. Missing text: {old[:80]!r}")
+            script = script.replace(old, new)
+    return script
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    distro: str
+    options: dict[str, Any] = field(default_factory=dict)
+    machine: Machine = field(default_factory=Machine)
+    mirrors: bool = False
+    bugs: tuple[str, ...] = ()
+    note: str = "an image baked in a chroot: no systemd, no GPU, the build host's kernel running"
+
+
+def _default_bugs(distro_id: str) -> tuple[str, ...]:
+    key = "ubuntu" if distro_id.startswith("ubuntu") else distro_id
+    return COMMON + BY_DISTRO.get(key, ())
+
+
+SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + [
+    Scenario("ubuntu24.04-cuda-repo", "ubuntu24.04", {"driver_source": "cuda-repo"}, bugs=COMMON),
+    Scenario("ubuntu24.04-booted-gpu", "ubuntu24.04", machine=Machine(booted=True, gpu=True),
+             bugs=COMMON + ("U2-ubuntu-drivers-no-utils",),
+             note="a running instance with systemd and one H200 (cloud-init's case)"),
+    Scenario("rhel9-booted", "rhel9",
+             machine=Machine(booted=True, files={"/etc/docker/daemon.json": '{\n    "log-driver": "journald"\n}\n'}),
+             bugs=COMMON, note="a running instance with systemd, no GPU, a daemon.json of its own"),
+    Scenario("ubuntu24.04-pinned", "ubuntu24.04", {"toolkit_version": "1.17.8", "install_driver": False},
+             mirrors=True,
+             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
+    Scenario("rhel9-pinned", "rhel9", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
+             bugs=("R2-toolkit-not-held-on-rhel",),
+             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
+    Scenario("fedora43-pinned", "fedora43", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
+             bugs=("F1-dnf5-versionlock-list",),
+             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
+    Scenario("sles15-pinned", "sles15", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
+
+             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
+]
+
+
+def unfixed(bugs: tuple[str, ...], fixes: bool) -> list[str]:
+    """The bugs that still show when the suggested fixes are (fixes=True) or are not applied."""
+    return [b for b in bugs if not fixes or BUGS[b].fix is None]
+
+
+def _marks(bugs: tuple[str, ...]) -> list[pytest.MarkDecorator]:
+    open_bugs = unfixed(bugs, FIXES)
+    if not open_bugs:
+        return []
+    return [pytest.mark.xfail(strict=True, reason="known bugs of the generated script: " + ", ".join(open_bugs))]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyRing]:
+    ring = KeyRing(tmp_path_factory.mktemp("keys"))
+    try:
+        yield ring
+    finally:
+        ring.close()
+
+
+@pytest.fixture
+def machine_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _machine(base: Path, keys: KeyRing, distro: str, bugs: tuple[str, ...] = (), **kwargs: Any) -> FakeMachine:
+    fake = FakeMachine(base, keys, distro, **kwargs)
+    if FIXES and bugs:
+        fake.set_script(patch_script(fake.script, bugs))
+    return fake
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the two runs of every scenario
+
+
+@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=_marks(s.bugs)) for s in SCENARIOS])
+def test_first_and_second_run(scenario: Scenario, keys: KeyRing, machine_dir: Path) -> None:
+    with _machine(machine_dir, keys, scenario.distro, scenario.bugs, machine=scenario.machine,
+                  mirrors=scenario.mirrors, **scenario.options) as fake:
+        first = fake.run()
+        second = fake.run()
+        text = _fixture_text(scenario, fake, first, second, keys)
+        fixture = FIXTURES / f"{scenario.name}.txt"
+        if REGEN:
+            fixture.write_text(text)
+        _healthy(first)
+        _healthy(second)
+        assert fixture.exists(), f"no fixture {fixture.name}: run with BAKEGEN_TRACE_REGEN=1 and review it"
+        assert text == fixture.read_text(), f"the trace differs from {fixture.name} (BAKEGEN_TRACE_REGEN=1 to update)"
+        check_first_run(scenario, fake, first)
+        check_second_run(fake, first, second)
+
+
+def _fixture_text(scenario: Scenario, fake: FakeMachine, first: Run, second: Run, keys: KeyRing) -> str:
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(scenario.options.items())) or "defaults"
+    fixed = sorted(b for b in scenario.bugs if BUGS[b].fix)
+    header = [
+        f"# bakegen trace: {scenario.distro} {fake.plan.arch.value}; options: {options}"
+        f"{'; every repository through --mirror' if scenario.mirrors else ''}",
+        f"# machine: {scenario.note}",
+        "# keys: throwaway keys passed with --key-fingerprint (<FPR:repository>), verified by the script with gpg",
+        f"# recorded with the suggested fixes of: {', '.join(fixed) or 'nothing'}",
+        f"# known wrong until fixed: {', '.join(unfixed(scenario.bugs, True)) or 'nothing'}",
+        "# regenerate: BAKEGEN_TRACE_REGEN=1 python -m pytest tests/test_trace.py (then review the diff)",
+        "",
+    ]
+    return "\n".join(header) + describe_run(first, "run 1", keys.home) + "\n" + describe_run(second, "run 2", keys.home)
+
+
+def _healthy(run: Run) -> None:
+    """No stub crashed, no command was missing, no shell error: whatever the exit code, the run was honest."""
+    crashed = [c.line() for c in run.calls if c.rc == 99]
+    assert not crashed, f"stub crash (a bug in tests/support/stubs): {crashed}\n{run.stderr[-3000:]}"
+    for problem in ("command not found", "unbound variable", "syntax error", "STUB CRASH"):
+        assert problem not in run.stderr, f"{problem!r} in the run's output:\n{run.stderr[-3000:]}"
+
+
+def _index(run: Run, pattern: str) -> int:
+    """Position of the first call whose command line matches the regular expression; -1 if none."""
+    for i, call in enumerate(run.calls):
+        if re.search(pattern, call.line()):
+            return i
+    return -1
+
+
+def check_first_run(scenario: Scenario, fake: FakeMachine, run: Run) -> None:
+    plan, family = fake.plan, fake.distro.family
+    assert run.rc == 0, f"first run exited {run.rc}:\n{run.stderr[-3000:]}"
+
+    for repo in plan.repos:
+        # fact (Container Toolkit / CUDA repositories): the key comes from the repository's own URL, over https,
+        # with --fail (an error page is never taken for a key), and it is verified against the pinned fingerprint.
+        download = _index(run, r"^curl .*--proto =https .*--fail .*" + re.escape(repo.key_url) + "$")
+        assert download >= 0, f"{repo.name}: key not downloaded from {repo.key_url}"
+        if family is Family.APT:
+            keyring, listing = f"/etc/apt/keyrings/{repo.name}.gpg", f"/etc/apt/sources.list.d/{repo.name}.list"
+            assert describe_keys(fake.read(keyring), keys_home(fake)) == [repo.fingerprint], keyring
+            # fact (apt): `deb [signed-by=KEYRING] URL /`: one keyring per repository, nothing in trusted.gpg.d.
+            lines = [line for line in fake.read(listing).decode().splitlines() if not line.startswith("#")]
+            assert lines == [f"deb [signed-by={keyring}] {repo.url} {repo.suite}"], lines
+        else:
+            key = f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{repo.name}"
+            assert describe_keys(fake.read(key), keys_home(fake)) == [repo.fingerprint], key
+            folder = "/etc/zypp/repos.d" if family is Family.ZYPPER else "/etc/yum.repos.d"
+            settings = _ini(fake.read(f"{folder}/{repo.name}.repo").decode())
+            # fact (rpm): baseurl .../stable/rpm/$basearch; package AND metadata signatures checked (NVIDIA's own
+            # .repo has gpgcheck=0: bakegen is stricter on purpose).
+            assert settings["baseurl"] == repo.url and settings["gpgcheck"] == "1" and settings["repo_gpgcheck"] == "1"
+            assert settings["gpgkey"] == f"file://{key}"
+            imported = _index(run, r"^rpm --import " + re.escape(key) + "$")
+            refreshed = _index(run, r"(makecache .*--enablerepo=|refresh --repo )" + re.escape(repo.name) + "$")
+            assert download < imported < refreshed, f"{repo.name}: key verified, imported, then refreshed"
+
+    # fact (Container Toolkit packages): all four, from NVIDIA's repository.
+    installed = run.installed()
+    toolkit_repo = plan.toolkit_repo.url.rstrip("/")
+    for name in TOOLKIT_PACKAGES:
+        assert run.state_after["installed"][name]["repo"] == toolkit_repo, name
+    if plan.toolkit_version:
+        # fact: pin all four to one version (and hold them against upgrades).
+        assert {installed[n] for n in TOOLKIT_PACKAGES} == {f"{plan.toolkit_version}-1"}
+        _assert_held(run, family, TOOLKIT_PACKAGES, plan.toolkit_version)
+
+    # fact (runtime configuration): `nvidia-ctk runtime configure --runtime=docker`, after the toolkit and docker
+    # are installed; it merges into daemon.json (what was there stays).
+    configure = _index(run, r"^nvidia-ctk runtime configure --runtime=docker$")
+    assert configure > _index(run, r" install .*nvidia-container-toolkit") >= 0
+    daemon = json.loads(fake.read("/etc/docker/daemon.json"))
+    assert daemon["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
+    for key, value in json.loads(scenario.machine.files.get("/etc/docker/daemon.json") or "{}").items():
+        assert daemon[key] == value, f"nvidia-ctk must merge: {key} lost"
+    restarts = [c.line() for c in run.calls if re.match(r"systemctl (restart|start|daemon-reload)", c.line())]
+    if fake.machine.booted:
+        # fact: "Then restart the daemon" (only where one runs).
+        assert _index(run, r"^systemctl restart docker\.service$") > configure
+    else:
+        assert restarts == [], "no service is started or restarted where systemd is not running"
+        assert _index(run, "^modprobe ") < 0, "no kernel module is loaded into the build host's kernel"
+
+    if plan.driver:
+        _check_driver(scenario, fake, run)
+
+
+def _check_driver(scenario: Scenario, fake: FakeMachine, run: Run) -> None:
+    plan, family, driver = fake.plan, fake.distro.family, fake.plan.driver
+    assert driver is not None
+    installed = run.installed()
+    image_kernel = fake.world["image_kernel"]
+    # The nouveau blacklist reaches the initramfs (else nouveau still claims the GPU at boot).
+    blacklist = "/etc/modprobe.d/bakegen-blacklist-nouveau.conf"
+    assert fake.exists(blacklist)
+    assert _index(run, r"^(update-initramfs -u|dracut -f)") >= 0, "initramfs not regenerated after the blacklist"
+    if driver.module_stream:
+        # fact: RHEL 8/9 and Amazon Linux 2023 select the branch with the module stream nvidia-driver:<branch>-open,
+        # enabled before the driver is installed.
+        enable = _index(run, rf"module enable {re.escape(driver.module_stream)}$")
+        assert 0 <= enable < _index(run, r" install .*\b" + re.escape(driver.packages[0]) + r"\b")
+        assert run.state_after["modules"]["nvidia-driver"] == driver.module_stream.split(":")[1]
+    if family is Family.APT and driver.source.pin_packages:
+        pin = "/etc/apt/preferences.d/bakegen-nvidia-driver"
+        assert f"Pin: version {driver.branch}.*" in fake.read(pin).decode()
+        assert _index(run, r"^apt-get .* install .*" + re.escape(driver.packages[0])) >= 0
+    if family is not Family.APT and not driver.module_stream:
+        # Without streams the branch is held by a lock after install (fact: Fedora locks with dnf versionlock;
+        # SLES: zypper addlock).
+        _assert_held(run, family, driver.packages[:1], None)
+    # The installed driver is of the branch the script was generated for.
+    driver_pkgs = [p for p in run.added_packages() if p in driver.packages or p.startswith("nvidia-headless")]
+    for name in driver_pkgs:
+        assert installed[name].startswith(f"{driver.branch}."), f"{name} {installed[name]}: not branch {driver.branch}"
+    if fake.world["family"] == "apt" and driver.source.kind.value == "ubuntu-drivers":
+        # Canonical's precompiled, signed modules for the image's kernel: no DKMS build (fact: ubuntu-drivers route).
+        assert fake.exists(f"/lib/modules/{image_kernel}/kernel/nvidia-580srv/nvidia.ko")
+        assert _index(run, r"^dkms ") < 0
+        for name in driver.packages:  # the driver's own packages, nvidia-smi among them
+            assert name in installed, f"{name} not installed"
+    elif driver.source.dkms:
+        # DKMS built the module for the IMAGE's kernel, not the build host's (running) one.
+        assert any(p.startswith(f"/lib/modules/{image_kernel}/") and p.endswith("nvidia.ko")
+                   for p in run.state_after["owned"]), "no nvidia.ko built for the image's kernel"
+        # Headers first: the package's own DKMS build (running kernel) or the script's `dkms autoinstall -k`.
+        headers = _index(run, r" install .*" + re.escape(plan.distro.kernel_headers.replace("{kernel}", image_kernel)))
+        built = _index(run, r"^dkms autoinstall -k " + re.escape(image_kernel))
+        assert 0 <= headers < (built if built >= 0 else _index(run, r" install .*" + re.escape(driver.packages[0])))
+    if plan.distro.os_id == "amzn":
+        # fact: AL2023 kernel prep: kernel-devel, kernel-headers and kernel-modules-extra for the kernel.
+        for name in ("kernel-devel", "kernel-headers", "kernel-modules-extra"):
+            assert name in installed, f"{name} not installed"
+
+
+def _assert_held(run: Run, family: Family, names: tuple[str, ...], version: str | None) -> None:
+    state = run.state_after
+    if family is Family.APT:
+        pins = [c for c in run.machine.snapshot() if c.startswith("/etc/apt/preferences.d/")]
+        text = "".join(run.machine.read(p).decode() for p in pins)
+        assert all(n in text for n in names) and (version is None or f"Pin: version {version}" in text), text
+    elif family is Family.ZYPPER:
+        assert set(names) <= set(state.get("zypper_locks", [])), state.get("zypper_locks")
+    else:
+        locked = {lock["name"] for lock in state.get("versionlock", [])}
+        assert set(names) <= locked, f"not held by dnf versionlock: {set(names) - locked}"
+
+
+def check_second_run(fake: FakeMachine, first: Run, second: Run) -> None:
+    assert second.rc == 0, f"second run exited {second.rc}:\n{second.stderr[-3000:]}"
+    busy = [f"{c.kind}: {c.line()}" for c in second.of("download", "install", "lock", "trust", "build")]
+    assert busy == [], "the second run must fetch, install, lock and build nothing"
+    assert [c.line() for c in second.calls if re.match(r"systemctl (restart|start|daemon-reload)", c.line())] == []
+    assert second.config_changes() == [], "the second run must change no file but its log and the check's result"
+    assert second.state_after == second.state_before
+
+
+def keys_home(fake: FakeMachine) -> Path:
+    return fake.keys.home
+
+
+def _ini(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# refusals: nothing may change, and the exit code says why (3 unsupported, 4 verification, 5 network)
+
+FAMILY_REPRESENTATIVES = ("ubuntu24.04", "rhel9", "sles15")
+
+
+def _untouched(run: Run) -> None:
+    assert [f"{c.kind}: {c.line()}" for c in run.actions()] == [], "a refused run must change or fetch nothing"
+    assert run.config_changes() == [], "a refused run must change no file"
+    assert run.state_after == run.state_before
+
+
+@pytest.mark.parametrize("distro", FAMILY_REPRESENTATIVES)
+def test_not_root_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> None:
+    with _machine(machine_dir, keys, distro) as fake:
+        run = fake.run(user="65534:65534")
+    assert run.rc == 3, run.stderr
+    assert "must run as root" in run.stderr
+    _untouched(run)
+
+
+@pytest.mark.parametrize(("distro", "os_id", "version"), [
+    ("rhel9", "rocky", "9.6"),  # a rebuild is another system: its own descriptor, its own script
+    ("ubuntu24.04", "ubuntu", "22.04"),
+    ("sles15", "sles", "12.5"),
+    ("debian12", "debian", "13"),
+    ("amzn2023", "fedora", "43"),
+])
+def test_other_system_is_refused(distro: str, os_id: str, version: str, keys: KeyRing, machine_dir: Path) -> None:
+    with _machine(machine_dir, keys, distro, machine=Machine(os_id=os_id, version_id=version)) as fake:
+        run = fake.run()
+        expected = f"{fake.distro.os_id} {fake.distro.version_id} ({fake.distro.source_file})"
+    assert run.rc == 3, run.stderr
+    assert f"generated for {expected}, but this is {os_id} {version}" in run.stderr
+    _untouched(run)
+
+
+@pytest.mark.parametrize("distro", FAMILY_REPRESENTATIVES)
+def test_other_arch_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> None:
+    with _machine(machine_dir, keys, distro, machine=Machine(arch="aarch64")) as fake:
+        run = fake.run()
+    assert run.rc == 3, run.stderr
+    assert "generated for x86_64, but this machine is aarch64" in run.stderr
+    _untouched(run)
+
+
+# (distro, fault on the toolkit repository, exit code, what the message says). --no-driver: the toolkit's
+# repository is then the first one added, reached before anything is installed.
+FAULTS = [
+    # (the message lacks a space: "has fingerprint <FPR>but <FPR> is pinned"; cosmetic, see verify_key)
+    ("ubuntu24.04", "wrong-key", 4, "has fingerprint <FPR:stranger>"),
+    ("rhel9", "wrong-key", 4, "has fingerprint <FPR:stranger>"),
+    ("sles15", "wrong-key", 4, "has fingerprint <FPR:stranger>"),
+    ("ubuntu24.04", "html", 4, "returned a web page, not a key; nothing was trusted"),
+    ("rhel9", "html", 4, "returned a web page, not a key; nothing was trusted"),
+    ("ubuntu24.04", "empty", 4, "is empty; nothing was trusted"),
+    ("sles15", "empty", 4, "is empty; nothing was trusted"),
+    ("ubuntu24.04", "key-404", 5, "could not download"),
+    ("rhel9", "key-unreachable", 5, "could not download"),
+    ("ubuntu24.04", "repo-other-signer", 5, "cannot be used (unreachable, or not signed by"),
+    ("ubuntu24.04", "repo-unreachable", 5, "cannot be used (unreachable, or not signed by"),
+    ("rhel9", "repo-other-signer", 5, "cannot be used (unreachable, or not signed by"),
+    ("sles15", "repo-unreachable", 5, "cannot be used (unreachable, or not signed by"),
+]
+
+
+def _fault_marks(distro: str, fault: str) -> list[pytest.MarkDecorator]:
+    if fault.startswith("repo-") and distro != "ubuntu24.04":
+        return _marks(("R3-rpm-key-left-after-failed-refresh",))
+    return []
+
+
+@pytest.mark.parametrize(("distro", "fault", "code", "message"), [
+    pytest.param(*f, id=f"{f[0]}-{f[1]}", marks=_fault_marks(f[0], f[1])) for f in FAULTS])
+def test_bad_key_or_repository_leaves_nothing(distro: str, fault: str, code: int, message: str, keys: KeyRing,
+                                              machine_dir: Path) -> None:
+    name = "nvidia-container-toolkit"
+    bugs = ("R3-rpm-key-left-after-failed-refresh",) if fault.startswith("repo-") and distro != "ubuntu24.04" else ()
+    with _machine(machine_dir, keys, distro, bugs, faults={name: fault}, install_driver=False) as fake:
+        keys.key("stranger")
+        run = fake.run()
+        family = fake.distro.family
+        repo = next(r for r in fake.plan.repos if r.name == name)
+        left = [p for p in (f"/etc/apt/keyrings/{name}.gpg", f"/etc/apt/sources.list.d/{name}.list",
+                            f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{name}", f"/etc/yum.repos.d/{name}.repo",
+                            f"/etc/zypp/repos.d/{name}.repo") if fake.exists(p)]
+    assert run.rc == code, run.stderr[-2000:]
+    assert message in normalizer(run)(run.stderr), run.stderr[-2000:]
+    assert repo.key_url in run.stderr
+    if fault == "wrong-key":
+        assert "<FPR:nvidia-container-toolkit> is pinned; nothing was trusted" in normalizer(run)(run.stderr)
+    # Nothing half-configured: no keyring, key file, list or .repo of that repository; nothing trusted by rpm.
+    assert left == []
+    assert run.state_after.get("rpm_keys", {}) == run.state_before.get("rpm_keys", {})
+    assert run.state_after.get("installed") == run.state_before.get("installed")
+    if code == 4 or fault.startswith("key-"):
+        # The key never got near a package manager: no import, no repository refresh.
+        assert run.of("trust") == [] and [c for c in run.of("download") if c.tool != "curl"] == [], family
+
+
+DRY_RUN = ("ubuntu24.04", "ubuntu24.04-cuda-repo", "debian12", "rhel9", "sles15")
+DRY_RUN_BUGS: dict[str, tuple[str, ...]] = {}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(DRY_RUN_BUGS.get(n, ()))) for n in DRY_RUN])
+def test_dry_run_changes_nothing(name: str, keys: KeyRing, machine_dir: Path) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == name)
+    with _machine(machine_dir, keys, scenario.distro, DRY_RUN_BUGS.get(name, ()), **scenario.options) as fake:
+        run = fake.run("--dry-run")
+    assert run.rc == 0, run.stderr[-3000:]
+    assert "dry run done: nothing was changed" in run.stderr
+    _healthy(run)
+    assert [f"{c.kind}: {c.line()}" for c in run.actions()] == []
+    assert run.changes == [], "a dry run writes nothing, not even its log"
+    assert run.state_after == run.state_before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what the script trusts by default, against NVIDIA's documented repositories and keys (no run needed)
+
+
+@pytest.mark.parametrize("distro", all_distro_ids())
+def test_default_repositories_are_nvidias(distro: str) -> None:
+    from generator.plan import Options, make_plan
+    from generator.resolve import descriptor_set, load_distro
+
+    loaded = load_distro(descriptor_set(), distro)
+    for arch in loaded.arches:
+        plan = make_plan(loaded, Options(arch=arch))
+        toolkit = plan.toolkit_repo
+        # fact: Container Toolkit key https://nvidia.github.io/libnvidia-container/gpgkey, primary C95B321B...
+        assert toolkit.key_url == "https://nvidia.github.io/libnvidia-container/gpgkey"
+        assert toolkit.fingerprint == "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+        if loaded.family is Family.APT:
+            # fact: one apt repo for every Debian/Ubuntu release: stable/deb/$(ARCH), flat (suite "/").
+            assert (toolkit.url, toolkit.suite) == (
+                f"https://nvidia.github.io/libnvidia-container/stable/deb/{arch.deb}", "/")
+        else:
+            assert toolkit.url == f"https://nvidia.github.io/libnvidia-container/stable/rpm/{arch.value}"
+        cuda = [r for r in plan.repos if r.name == "cuda"]
+        for repo in cuda:
+            # fact: https://developer.download.nvidia.com/compute/cuda/repos/<dir>/<x86_64|sbsa>/
+            match = re.fullmatch(r"https://developer\.download\.nvidia\.com/compute/cuda/repos/([a-z0-9]+)/"
+                                 r"(x86_64|sbsa)", repo.url)
+            assert match and match.group(2) == arch.cuda, repo.url
+            key_file = repo.key_url.rsplit("/", 1)[1]
+            expected = {"3bf863cc.pub": "EB693B3035CD5710E231E123A4B469963BF863CC",
+                        "D42D0685.pub": "610C7B14E068A878070DA4E99CD0A493D42D0685",
+                        "8793F200.pub": "02182E60104FCDC26EAE1B8597A5D4CB8793F200"}  # debian13: UNVERIFIED fact
+            assert expected.get(key_file) == repo.fingerprint, (key_file, repo.fingerprint)
+            # fact: the retired key 7fa2af80 is never trusted.
+            assert "7FA2AF80" not in repo.fingerprint.upper()
+        if plan.driver and plan.driver.module_stream:
+            # fact: module streams nvidia-driver:<branch>-open (or -dkms for the proprietary modules).
+            assert re.fullmatch(rf"nvidia-driver:{plan.driver.branch}-(open|dkms)", plan.driver.module_stream)
