@@ -32,6 +32,7 @@ _TOOLKIT_VERSION_RE = re.compile(r"^([0-9]+)\.([0-9]+)\.([0-9]+)(-[0-9A-Za-z.~]+
 _FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%-]*$")
+_CONTROL_OR_SPACE_RE = re.compile(r"[\x00-\x20\x7f]")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
 # A container image reference: [registry[:port]/]path[:tag][@digest]; no spaces, quotes or shell characters.
 _IMAGE_RE = re.compile(
@@ -111,19 +112,19 @@ class Plan:
 
 
 def parse_branch(value: str) -> str:
-    if not _BRANCH_RE.match(value):
+    if not _BRANCH_RE.fullmatch(value):
         raise UsageError(f"--driver-branch: {value!r} is not a driver branch (e.g. 580)")
     return value
 
 
 def parse_driver_version(value: str) -> str:
-    if not _DRIVER_VERSION_RE.match(value):
+    if not _DRIVER_VERSION_RE.fullmatch(value):
         raise UsageError(f"--driver-version: {value!r} is not a driver version (e.g. 580.95.05)")
     return value
 
 
 def parse_toolkit_version(value: str) -> str:
-    match = _TOOLKIT_VERSION_RE.match(value)
+    match = _TOOLKIT_VERSION_RE.fullmatch(value)
     if not match:
         raise UsageError(f"--toolkit-version: {value!r} is not a toolkit version (e.g. 1.18.1)")
     numbers = tuple(int(match.group(i)) for i in (1, 2, 3))
@@ -138,13 +139,15 @@ def parse_toolkit_version(value: str) -> str:
 
 def parse_fingerprint(flag: str, value: str) -> str:
     cleaned = value.replace(" ", "").upper()
-    if not _FINGERPRINT_RE.match(cleaned):
+    if not _FINGERPRINT_RE.fullmatch(cleaned):
         raise UsageError(f"{flag}: {value!r} is not a full 40-hex-digit key fingerprint")
     return cleaned
 
 
 def parse_https_url(flag: str, value: str) -> str:
     """An https URL with nothing in it that could escape quoting anywhere (no spaces, quotes, $, `)."""
+    if _CONTROL_OR_SPACE_RE.search(value):  # urlsplit would silently drop tab, CR and LF
+        raise UsageError(f"{flag}: {value!r}: spaces and control characters are not allowed in a URL")
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
@@ -153,29 +156,29 @@ def parse_https_url(flag: str, value: str) -> str:
     if parts.scheme != "https":
         raise UsageError(f"{flag}: {value!r}: only https:// URLs are allowed")
     host = parts.hostname or ""
-    if not host or not _HOST_RE.match(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc):
+    if not host or not _HOST_RE.fullmatch(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc):
         raise UsageError(f"{flag}: {value!r} has no valid host")
-    if parts.username or parts.password or parts.query or parts.fragment or not _URL_PATH_RE.match(parts.path):
+    if parts.username or parts.password or parts.query or parts.fragment or not _URL_PATH_RE.fullmatch(parts.path):
         raise UsageError(f"{flag}: {value!r}: only scheme, host, port and a plain path are allowed")
     return value.rstrip("/")
 
 
 def parse_name_value(flag: str, value: str) -> tuple[str, str]:
     name, sep, rest = value.partition("=")
-    if not sep or not _NAME_RE.match(name) or not rest:
+    if not sep or not _NAME_RE.fullmatch(name) or not rest:
         raise UsageError(f"{flag}: {value!r} is not NAME=VALUE (e.g. {flag} nvidia-container-toolkit=...)")
     return name, rest
 
 
 def parse_container_image(value: str) -> str:
-    if not _IMAGE_RE.match(value):
+    if not _IMAGE_RE.fullmatch(value):
         raise UsageError(f"--container-image: {value!r} is not a container image reference")
     return value
 
 
 def parse_gpus(value: str) -> str:
     """`all`, a count, or GPU indexes/UUIDs (`0,1`, `device=0,1`) as the tutorial's `docker run --gpus` takes."""
-    if not _GPUS_RE.match(value):
+    if not _GPUS_RE.fullmatch(value):
         raise UsageError(f"--gpus: {value!r} is not 'all', a count, or device indexes such as 0,1")
     if value == "all" or value.isdigit():
         return value

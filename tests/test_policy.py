@@ -194,31 +194,23 @@ PARSER_CASES: list[tuple[Callable[[str], object], str]] = [
 ]
 
 
-# generator/plan.py parse_https_url checks the parts urlsplit returns, and urlsplit silently drops tab, CR and LF
-# (WHATWG URL parsing, Python >= 3.9.5); the original value, control characters included, is what it returns.
-# A newline then splits the `deb ...` line of the .list file, or the baseurl= line of a .repo file, in two.
-P1 = pytest.mark.xfail(strict=True, reason="P1-url-parser-control-chars: parse_https_url accepts \\n, \\r, \\t "
-                       "(urlsplit strips them before the checks); fix: reject [\\x00-\\x20\\x7f] in the raw value")
-PARSER_CASES_P1 = [
-    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\nb", marks=P1, id="url-LF"),
-    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\rb", marks=P1, id="url-CR"),
-    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\tb", marks=P1, id="url-TAB"),
-    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror\n.test/", marks=P1, id="host-LF"),
-]
-# The option regexes of generator/plan.py end in `$`, which also matches before a trailing newline.
-P2 = pytest.mark.xfail(strict=True, reason="P2-parsers-accept-trailing-newline: plan.py's regexes end in `$`, which "
-                       "matches before a final \\n; fix: re.fullmatch or \\Z")
-PARSER_CASES_P2 = [
-    pytest.param(parse_container_image, "nvidia/cuda:12.9.1-base-ubuntu24.04\n", marks=P2, id="image-LF"),
-    pytest.param(parse_branch, "580\n", marks=P2, id="branch-LF"),
-    pytest.param(parse_driver_version, "580.95.05\n", marks=P2, id="driver-version-LF"),
-    pytest.param(parse_toolkit_version, "1.18.1\n", marks=P2, id="toolkit-version-LF"),
-    pytest.param(parse_gpus, "all\n", marks=P2, id="gpus-LF"),
+# parse_https_url rejects tab, CR and LF itself (urlsplit would drop them, and a newline would split the
+# `deb ...` or `baseurl=` line in two); the option regexes match the whole value (a `$` would allow a final \n).
+PARSER_CASES_CONTROL = [
+    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\nb", id="url-LF"),
+    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\rb", id="url-CR"),
+    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror.test/a\tb", id="url-TAB"),
+    pytest.param(lambda v: parse_https_url("--mirror cuda", v), "https://mirror\n.test/", id="host-LF"),
+    pytest.param(parse_container_image, "nvidia/cuda:12.9.1-base-ubuntu24.04\n", id="image-LF"),
+    pytest.param(parse_branch, "580\n", id="branch-LF"),
+    pytest.param(parse_driver_version, "580.95.05\n", id="driver-version-LF"),
+    pytest.param(parse_toolkit_version, "1.18.1\n", id="toolkit-version-LF"),
+    pytest.param(parse_gpus, "all\n", id="gpus-LF"),
 ]
 
 
 @pytest.mark.parametrize(("parse", "value"), [pytest.param(p, v, id=repr(v)[:40]) for p, v in PARSER_CASES]
-                         + PARSER_CASES_P1 + PARSER_CASES_P2)
+                         + PARSER_CASES_CONTROL)
 def test_option_parsers_reject_hostile_values(parse: Callable[[str], object], value: str) -> None:
     with pytest.raises(UsageError):
         parse(value)
