@@ -123,6 +123,13 @@ stop)
     done
     [ -d /var/lib/bakegen ] && cp -rL /var/lib/bakegen "$out/var-lib-bakegen" 2> "$out/var-lib-bakegen.err"
     systemctl --failed --no-legend --plain > "$out/failed-units.txt" 2>&1
+    # What is installed, and what Docker (if any) runs with: the unit is ordered after
+    # docker.service, so dockerd still answers here.
+    dpkg-query -W -f='${Package}\t${Version}\t${db:Status-Status}\n' > "$out/packages.tsv" 2>&1
+    if command -v docker > /dev/null; then
+        timeout 60 docker info --format '{{json .}}' > "$out/docker-info.json" 2> "$out/docker-info.err"
+        echo "$?" > "$out/docker-info.rc"
+    fi
     journalctl -b --no-pager -o short-monotonic > "$out/journal.txt" 2>&1
     echo "uptime_s=$(cut -d' ' -f1 /proc/uptime)" > "$out/complete.txt"
     ;;
@@ -186,7 +193,7 @@ Documentation=file:/usr/local/lib/bakegen-harness/results.sh
 # Started early in multi-user.target and never ordered after cloud-final (that is an
 # ordering cycle): being stopped late is what matters. Its ExecStop runs during
 # shutdown, after cloud-init's power_state has fired, before file systems go away.
-After=local-fs.target systemd-journald.service
+After=local-fs.target systemd-journald.service docker.service containerd.service
 ConditionKernelCommandLine=bakegen.boot
 
 [Service]
