@@ -454,17 +454,14 @@ ensure_components() {
 
 regenerate_initramfs() { run update-initramfs -u -k all; }
 
-# ubuntu-drivers: Canonical's signed, precompiled modules for the branch.
+# Canonical's signed, precompiled modules for the branch (ubuntu-drivers' packages), installed with apt: the
+# ubuntu-drivers command installs only for hardware it detects, so it cannot bake an image on a machine without
+# a GPU, and it leaves out nvidia-utils. One linux-modules package per target kernel.
 driver_install_ubuntu_drivers() {
-  pm_install ubuntu-drivers-common
-  local spec="nvidia:${DRIVER_BRANCH}-server"
-  if [ "$DRIVER_MODULES" = open ]; then spec="$spec-open"; fi
-  local absent=0 pkg
-  for pkg in "${DRIVER_PACKAGES[@]}"; do [ -n "$(pkg_version "$pkg")" ] || absent=1; done
-  if [ "$absent" = 0 ]; then log "driver $spec already installed"; CHANGED=0; return 0; fi
-  pm_refresh
-  run retry 3 ubuntu-drivers install --gpgpu "$spec" || die "$EX_NETWORK" "ubuntu-drivers could not install $spec"
-  CHANGED=1
+  local flavour="${DRIVER_BRANCH}-server" kernel mods=()
+  if [ "$DRIVER_MODULES" = open ]; then flavour="$flavour-open"; fi
+  for kernel in $(target_kernels); do mods+=("linux-modules-nvidia-$flavour-$kernel"); done
+  pm_install "${DRIVER_PACKAGES[@]}" "${mods[@]}"
 }
 
 # The exact driver version, if any, is held by the pin (pm_hold_globs) that apt resolves names against.

@@ -51,7 +51,8 @@ def rpm(ctx: Ctx) -> int:
         return 0
     if "-e" in opts:
         for name in opts["-e"] + words:
-            match = re.match(r"^gpg-pubkey-([0-9a-f]{8})-", name)
+            # rpm takes gpg-pubkey-ID8 (name-version) as well as gpg-pubkey-ID8-CREATED8
+            match = re.match(r"^gpg-pubkey-([0-9a-f]{8})(?:-[0-9a-f]{8})?$", name)
             keys = ctx.state.setdefault("rpm_keys", {})
             if match:
                 for fpr in [f for f in keys if f.lower().endswith(match.group(1))]:

@@ -23,9 +23,9 @@ readonly OS_ID=amzn
 readonly OS_VERSION_ID=2023
 readonly OS_NAME='Amazon Linux 2023'
 readonly TARGET_ARCH=x86_64
-readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod)
+readonly BASE_PACKAGES=(ca-certificates curl-minimal gnupg2-minimal python3 pciutils kmod)
 readonly KERNEL_HEADERS='kernel-devel-{kernel}'
-readonly KERNEL_EXTRA=('kernel-modules-extra-{kernel}')
+readonly KERNEL_EXTRA=('kernel-headers-{kernel}' 'kernel-modules-extra-{kernel}')
 readonly DRIVER_SOURCE=cuda-repo
 readonly DRIVER_BRANCH=580
 readonly DRIVER_VERSION=''
@@ -292,7 +292,10 @@ rpm_repo_add() {
     log "run: refresh $name"
     if ! retry 3 "$refresh" "$name"; then
       if [ "$created_file" = 1 ]; then rm -f -- "$file"; fi
-      if [ "$created_key" = 1 ]; then rm -f -- "$key"; fi
+      if [ "$created_key" = 1 ]; then
+        rm -f -- "$key"
+        rpm -e "gpg-pubkey-$(printf %s "${fpr: -8}" | tr A-F a-f)" >/dev/null 2>&1 || true
+      fi
       die "$EX_NETWORK" "repository $name at $url cannot be used (unreachable, or not signed by $fpr);" \
         "removed what this run added"
     fi

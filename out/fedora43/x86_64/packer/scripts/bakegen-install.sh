@@ -292,7 +292,10 @@ rpm_repo_add() {
     log "run: refresh $name"
     if ! retry 3 "$refresh" "$name"; then
       if [ "$created_file" = 1 ]; then rm -f -- "$file"; fi
-      if [ "$created_key" = 1 ]; then rm -f -- "$key"; fi
+      if [ "$created_key" = 1 ]; then
+        rm -f -- "$key"
+        rpm -e "gpg-pubkey-$(printf %s "${fpr: -8}" | tr A-F a-f)" >/dev/null 2>&1 || true
+      fi
       die "$EX_NETWORK" "repository $name at $url cannot be used (unreachable, or not signed by $fpr);" \
         "removed what this run added"
     fi
@@ -340,7 +343,7 @@ pm_hold_installed() {
   local name=$1; shift
   local pkg held=()
   for pkg in "$@"; do
-    if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -q "^$pkg-[0-9]"; then
+    if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)"; then
       held+=("$pkg")
     fi
   done
