@@ -30,6 +30,7 @@ from .selfcheck import check_rendered
 ACTIONS = ("init", "validate", "build")
 DEFAULT_ACTION = "validate"
 PLUGINS_FILE = "plugins.pkr.hcl"
+NOT_FOR_PACKER = ("format", "stdout", "check")  # `bakegen DISTRO` options that `bakegen packer` rejects
 EXAMPLE_VARS = "example.pkrvars.hcl"
 # `packer { required_plugins }` and `packer init` arrived in Packer 1.7.0.
 PLUGINS_SINCE = (1, 7, 0)
@@ -94,6 +95,13 @@ def packer_parser() -> argparse.ArgumentParser:
         "bakegen packer DISTRO [--arch A] [--cloud aws,gcp,azure,qemu] [generation options] "
         "[init|validate|build] [--var-file F] [--dry-run] [--legacy-packer] [-- packer args]"
     )
+    for action in parser._actions:  # argparse has no public way to re-document inherited arguments
+        if action.dest in NOT_FOR_PACKER:
+            action.help = argparse.SUPPRESS
+        elif action.dest == "distro":
+            action.help = "a distribution id (see `bakegen list`)"
+        elif action.dest == "arch":
+            action.help = "default: x86_64"
     runner = parser.add_argument_group("packer runner")
     runner.add_argument("action", nargs="?", choices=ACTIONS, default=DEFAULT_ACTION,
                         help=f"the Packer command (default: {DEFAULT_ACTION})")
