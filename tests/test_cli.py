@@ -91,7 +91,7 @@ BAD_INPUTS = [
     pytest.param(
         ["debian12", "--mirror", 'nvidia-container-toolkit=https://m.example/"\nruncmd: [x]'],
         2,
-        "only scheme, host, port and a plain path",
+        "spaces and control characters are not allowed in a URL",
         id="yaml-injection-mirror",
     ),
     pytest.param(

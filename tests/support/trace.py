@@ -654,7 +654,9 @@ def describe_change(run: Run, change: Change, norm: Any, home: Path) -> list[str
         return [f"{change.op} {change.path} -> {state[1]}"]
     head = f"{change.op} {change.path} {state[1]}"
     if change.path in RUN_RECORDS:
-        return [f"{head} (run record)"]
+        # Created or removed is part of the trace; rewritten is timing (a run within the same second as the
+        # last one leaves the check's result byte for byte the same), so it is left out.
+        return [f"{head} (run record)"] if change.op != "~" else []
     if change.op == "-":
         return [f"- {change.path}"]
     data = change.data or b""
