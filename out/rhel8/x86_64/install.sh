@@ -23,7 +23,7 @@ readonly OS_ID=rhel
 readonly OS_VERSION_ID=8
 readonly OS_NAME='Red Hat Enterprise Linux 8'
 readonly TARGET_ARCH=x86_64
-readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod)
+readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod python3-dnf-plugin-versionlock)
 readonly KERNEL_HEADERS='kernel-devel-{kernel}'
 readonly KERNEL_EXTRA=()
 readonly DRIVER_SOURCE=cuda-repo
@@ -180,7 +180,7 @@ verify_key() {
     die "$EX_VERIFY" "$url is not an OpenPGP key; nothing was trusted"
   fi
   if [ "$found" != "$fpr" ]; then
-    die "$EX_VERIFY" "the key from $url has fingerprint $(printf '%s' "$found" | tr '\n' ' ')but $fpr is pinned; nothing was trusted"
+    die "$EX_VERIFY" "the key from $url has fingerprint ${found//$'\n'/, } but $fpr is pinned; nothing was trusted"
   fi
   log "key from $url verified: $fpr"
 }
@@ -234,7 +234,8 @@ secure_boot_enabled() {
   [ -r "$var" ] && [ "$(od -An -t u1 -j 4 -N 1 "$var" | tr -d ' ')" = 1 ]
 }
 
-# Install package specs (NAME or NAME=VERSION) not yet installed at that version. Sets CHANGED.
+# Install package specs (NAME, NAME=VERSION or NAME=BRANCH.* for any version of a driver branch) not yet
+# installed at that version. Sets CHANGED.
 pm_install() {
   local spec name want have_version missing=()
   for spec in "$@"; do
@@ -242,9 +243,7 @@ pm_install() {
     want=${spec#*=}
     if [ "$want" = "$spec" ]; then want=; fi
     have_version=$(pkg_version "$name")
-    # A wanted version matches itself, or an installed version-release that starts with it.
-    if [ -z "$have_version" ] || { [ -n "$want" ] && [ "$have_version" != "$want" ] &&
-        [ "${have_version#"$want"-}" = "$have_version" ]; }; then
+    if [ -z "$have_version" ] || { [ -n "$want" ] && ! version_matches "$have_version" "$want"; }; then
       missing+=("$spec")
     fi
   done
@@ -255,6 +254,15 @@ pm_install() {
   fi
   pm_install_missing "${missing[@]}" || die "$EX_NETWORK" "could not install ${missing[*]}"
   CHANGED=1
+}
+
+# version_matches INSTALLED WANTED: WANTED is the version itself, the start of the installed version-release
+# (VERSION-), or BRANCH.* (any version that starts with BRANCH.).
+version_matches() {
+  case $2 in
+    *.\*) [ "${1#"${2%\*}"}" != "$1" ] ;;
+    *) [ "$1" = "$2" ] || [ "${1#"$2"-}" != "$1" ] ;;
+  esac
 }
 
 pkg_spec() { if [ -n "$2" ]; then printf '%s=%s\n' "$1" "$2"; else printf '%s\n' "$1"; fi; }
@@ -338,10 +346,21 @@ pm_install_missing() {
 # repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT
 repo_add() { rpm_repo_add "/etc/yum.repos.d/$1.repo" dnf_refresh_repo "$@" ""; }
 
-# Hold installed packages: a module stream already holds the driver's branch; otherwise dnf versionlock.
+# Hold installed packages: a module stream already holds the driver's branch; anything else (the driver
+# without streams, a pinned toolkit) is held with dnf versionlock.
 pm_hold_installed() {
   local name=$1; shift
-  log "$name: held by its module stream or exact version"
+  if [ "$name" = nvidia-driver ] && [ -n "$DRIVER_MODULE_STREAM" ]; then
+    log "$name: held by its module stream $DRIVER_MODULE_STREAM"
+    return 0
+  fi
+  local pkg held=()
+  for pkg in "$@"; do
+    if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)"; then
+      held+=("$pkg")
+    fi
+  done
+  if [ "${#held[@]}" -gt 0 ]; then run dnf -q versionlock add "${held[@]}"; else log "$name already held"; fi
 }
 
 driver_install_packages() {
@@ -351,8 +370,10 @@ driver_install_packages() {
     run "${DNF[@]}" module enable "$DRIVER_MODULE_STREAM" ||
       die "$EX_NETWORK" "could not enable module stream $DRIVER_MODULE_STREAM"
   fi
-  local pkg specs=()
-  for pkg in "${DRIVER_PACKAGES[@]}"; do specs+=("$(pkg_spec "$pkg" "$DRIVER_VERSION")"); done
+  # Without a module stream nothing else bounds the branch: ask for one of its versions (nvidia-open-580.*).
+  local pkg want=$DRIVER_VERSION specs=()
+  if [ -z "$want" ] && [ -z "$DRIVER_MODULE_STREAM" ]; then want="$DRIVER_BRANCH.*"; fi
+  for pkg in "${DRIVER_PACKAGES[@]}"; do specs+=("$(pkg_spec "$pkg" "$want")"); done
   pm_install "${specs[@]}"
 }
 

@@ -180,7 +180,7 @@ verify_key() {
     die "$EX_VERIFY" "$url is not an OpenPGP key; nothing was trusted"
   fi
   if [ "$found" != "$fpr" ]; then
-    die "$EX_VERIFY" "the key from $url has fingerprint $(printf '%s' "$found" | tr '\n' ' ')but $fpr is pinned; nothing was trusted"
+    die "$EX_VERIFY" "the key from $url has fingerprint ${found//$'\n'/, } but $fpr is pinned; nothing was trusted"
   fi
   log "key from $url verified: $fpr"
 }
@@ -234,7 +234,8 @@ secure_boot_enabled() {
   [ -r "$var" ] && [ "$(od -An -t u1 -j 4 -N 1 "$var" | tr -d ' ')" = 1 ]
 }
 
-# Install package specs (NAME or NAME=VERSION) not yet installed at that version. Sets CHANGED.
+# Install package specs (NAME, NAME=VERSION or NAME=BRANCH.* for any version of a driver branch) not yet
+# installed at that version. Sets CHANGED.
 pm_install() {
   local spec name want have_version missing=()
   for spec in "$@"; do
@@ -242,9 +243,7 @@ pm_install() {
     want=${spec#*=}
     if [ "$want" = "$spec" ]; then want=; fi
     have_version=$(pkg_version "$name")
-    # A wanted version matches itself, or an installed version-release that starts with it.
-    if [ -z "$have_version" ] || { [ -n "$want" ] && [ "$have_version" != "$want" ] &&
-        [ "${have_version#"$want"-}" = "$have_version" ]; }; then
+    if [ -z "$have_version" ] || { [ -n "$want" ] && ! version_matches "$have_version" "$want"; }; then
       missing+=("$spec")
     fi
   done
@@ -255,6 +254,15 @@ pm_install() {
   fi
   pm_install_missing "${missing[@]}" || die "$EX_NETWORK" "could not install ${missing[*]}"
   CHANGED=1
+}
+
+# version_matches INSTALLED WANTED: WANTED is the version itself, the start of the installed version-release
+# (VERSION-), or BRANCH.* (any version that starts with BRANCH.).
+version_matches() {
+  case $2 in
+    *.\*) [ "${1#"${2%\*}"}" != "$1" ] ;;
+    *) [ "$1" = "$2" ] || [ "${1#"$2"-}" != "$1" ] ;;
+  esac
 }
 
 pkg_spec() { if [ -n "$2" ]; then printf '%s=%s\n' "$1" "$2"; else printf '%s\n' "$1"; fi; }

@@ -24,7 +24,7 @@ import os
 import re
 
 import pkgs
-from core import Ctx, Fail, err, full_version, key_created, key_fingerprints, newest, out, split_options
+from core import Ctx, Fail, err, full_version, key_created, key_fingerprints, newest, out, split_options, vercmp
 from quick import forms, installed_pkgs, query
 
 TYPE_CHECKING = False
@@ -434,9 +434,15 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
     available = pool(ctx, loaded, modular=False)
     todo = []
     for spec in specs:
-        name, _, version = spec.partition("=")
+        below = ""
+        if "<" in spec:  # NAME<VERSION: the newest version below it
+            name, _, below = spec.partition("<")
+            version = ""
+        else:
+            name, _, version = spec.partition("=")
         matches = [p for p in available if p["name"] == name and
-                   (not version or p["version"] == version or str(p["version"]).startswith(version + "-"))]
+                   (not version or p["version"] == version or str(p["version"]).startswith(version + "-")) and
+                   (not below or vercmp(str(p["version"]), below) < 0)]
         if not matches:
             if pkgs.installed_version(ctx, name) and not version:
                 out(f"'{name}' is already installed.")
