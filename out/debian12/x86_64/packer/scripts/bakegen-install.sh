@@ -349,7 +349,6 @@ repo_add() {
   line="deb [signed-by=$keyring] $url $suite${*:+ $*}"
   printf '# %s (managed by bakegen)\n%s\n' "$description" "$line" | put_file 0644 "$list"
   if [ "$CHANGED" = 1 ] && [ "$DRY_RUN" != 1 ]; then
-    APT_UPDATED=0
     log "run: apt-get update for $name"
     if ! retry 3 apt_update_once -o "Dir::Etc::sourcelist=$list" -o Dir::Etc::sourceparts=- \
         -o APT::Get::List-Cleanup=0; then

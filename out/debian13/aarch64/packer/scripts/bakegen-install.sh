@@ -349,7 +349,6 @@ repo_add() {
   line="deb [signed-by=$keyring] $url $suite${*:+ $*}"
   printf '# %s (managed by bakegen)\n%s\n' "$description" "$line" | put_file 0644 "$list"
   if [ "$CHANGED" = 1 ] && [ "$DRY_RUN" != 1 ]; then
-    APT_UPDATED=0
     log "run: apt-get update for $name"
     if ! retry 3 apt_update_once -o "Dir::Etc::sourcelist=$list" -o Dir::Etc::sourceparts=- \
         -o APT::Get::List-Cleanup=0; then
@@ -730,7 +729,7 @@ configure_runtime() {
 
 step_runtimes() {
   configure_runtime docker docker dockerd \
-    /etc/docker/daemon.json docker.io
+    /etc/docker/daemon.json docker.io docker-cli
   if [ "$CDI" = 1 ]; then
     step cdi "Container Device Interface specification"
     if have systemctl && systemctl list-unit-files nvidia-cdi-refresh.path >/dev/null 2>&1; then
