@@ -698,6 +698,9 @@ configure_runtime() {
     pm_install "$@"
   else
     log "$name already installed ($(command -v "$binary"))"
+    if [ "$name" = docker ] && ! have docker; then
+      note "dockerd is installed without the docker command: install your distribution's Docker CLI (trixie: docker-cli)"
+    fi
   fi
   local before after cdi_flag=()
   if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled); fi
