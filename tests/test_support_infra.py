@@ -20,8 +20,6 @@ from tests.support.mirror import HTML_PAGE, Mirror
 from tests.support.rootfs import Chroot, Release, build_rootfs
 from tests.support.standin.debs import build_debs, load_spec
 
-
-
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 PINNED = "1.18.1-1"
 NEWEST = "1.19.0-1"

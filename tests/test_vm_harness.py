@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.support import vm_fixtures
 from tests.support.vm import (
+    DEFAULT_NETWORK_CONFIG,
+    GUEST_MAC,
+    GUEST_NIC,
     BootEnd,
     CloudInitStatus,
     classify_serial,
@@ -19,17 +23,13 @@ from tests.support.vm import (
     copy_from_results_disk,
     extract_guest_paths,
     kernel_command_line,
+    live_vm_count,
     make_results_disk,
     make_seed_iso,
     read_status,
 )
 from tests.support.vm_fixtures import BootFactory, ImageFactory, vm_releases
 from tests.support.vm_image import GUEST_FILES, cache_key, sources_deb822
-
-# Fixtures; redundant (and harmless) once tests/conftest.py imports tests.support.vm_fixtures.
-vm_cache_dir = vm_fixtures.vm_cache_dir
-vm_image_factory = vm_fixtures.vm_image_factory
-vm_boot = vm_fixtures.vm_boot
 
 
 def _need(*tools: str) -> None:
@@ -90,6 +90,13 @@ def test_cloud_init_status_from_json(raw: str, status: str, ok: bool) -> None:
     assert (parsed.status, parsed.ok) == (status, ok)
 
 
+def test_default_network_config_is_dhcp4_only_on_the_pinned_nic() -> None:
+    config = yaml.safe_load(DEFAULT_NETWORK_CONFIG)
+    nic = config["ethernets"][GUEST_NIC]
+    assert (config["version"], nic["dhcp4"], nic["dhcp6"]) == (2, True, False)
+    assert nic["match"]["macaddress"] == GUEST_MAC
+
+
 def test_read_status_falls_back_to_result_json(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text('{"v1": {"datasource": "nocloud", "errors": ["boom"]}}')
     status = read_status(tmp_path)
@@ -126,12 +133,12 @@ def test_guest_scripts_pass_shellcheck(path: str) -> None:
 def test_guest_units_verify(tmp_path: Path) -> None:
     _need("systemd-analyze")
     for path, (text, _mode) in GUEST_FILES.items():
-        if path.endswith(".service"):
+        if path.endswith((".service", ".path")):
             unit = tmp_path / Path(path).name
             # the scripts do not exist on the host: check the units, not their targets
             unit.write_text(re.sub(r"^(Exec\w+=)\S+", r"\1/bin/true", text, flags=re.M))
     proc = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *sorted(str(u) for u in tmp_path.glob("*.service"))],
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(u) for u in tmp_path.iterdir())],
         text=True,
         capture_output=True,
         check=False,
@@ -221,7 +228,7 @@ def test_reboot_once_then_done(
     vm_boot: BootFactory,
 ) -> None:
     image = vm_image_factory(release)
-    run = vm_boot(image, REBOOT_ONCE, boots="until-done", timeout_s=1200)
+    run = vm_boot(image, REBOOT_ONCE, boots="until-done", timeout_s=2400)
     summary = run.summary()
     print(summary)
 
@@ -233,6 +240,7 @@ def test_reboot_once_then_done(
         assert b.cloud_init is not None, summary
         assert b.cloud_init.ok, (summary, b.cloud_init.raw)
         assert "ordering cycle" not in b.read_result("journal.txt")
+        assert b.read_result("failed-units.txt") == "", summary
     assert second.read_result("var-lib-bakegen/written-on-boot-1") == "hello from boot 1\n"
     assert len(second.read_result("var-lib-bakegen/boots").split()) == 2
     assert second.read_result("bakegen.log") == "runcmd ran on boot 1\n"
@@ -247,7 +255,7 @@ def test_failing_runcmd_shows_error(
     vm_boot: BootFactory,
 ) -> None:
     image = vm_image_factory(release)
-    run = vm_boot(image, FAILING_RUNCMD, boots=1, timeout_s=900)
+    run = vm_boot(image, FAILING_RUNCMD, boots=1, timeout_s=1500)
     summary = run.summary()
     print(summary)
 
@@ -258,3 +266,24 @@ def test_failing_runcmd_shows_error(
     assert status.status == "error", (summary, status.raw)
     assert status.errors, status.raw
     assert "failing on purpose" in run.last.read_result("cloud-init-output.log")
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("release", vm_releases())
+def test_timeout_kills_qemu_and_reads_the_disk(
+    release: str, vm_image_factory: ImageFactory, vm_boot: BootFactory
+) -> None:
+    image = vm_image_factory(release)
+    # Killed during early boot: no results record, so the harness reads the overlay.
+    run = vm_boot(image, FAILING_RUNCMD, boots=1, timeout_s=40, powerdown_grace_s=0)
+    summary = run.summary()
+    print(summary)
+
+    assert run.boot_count == 1, summary
+    assert run.last.end is BootEnd.TIMEOUT, summary
+    assert run.last.qemu_returncode == -signal.SIGKILL, summary
+    assert run.last.cloud_init is None, summary
+    assert run.last.result("from-disk").is_dir(), summary
+    assert live_vm_count() == 0
+    found = run.extract_from_disk(["/etc/default/locale"], run.run_dir / "peek")
+    assert [p.read_text() for p in found] == ["LANG=C.UTF-8\n"]

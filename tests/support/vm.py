@@ -35,6 +35,20 @@ DEFAULT_MAX_BOOTS = 6
 TOOL_TIMEOUT_S = 300
 POWERDOWN_GRACE_S = 150  # after a timeout: ACPI power button, then this long before SIGKILL
 RESULTS_DISK_SIZE_MB = 512
+GUEST_MAC = "52:54:00:12:34:56"
+GUEST_NIC = "ens2"  # the NIC is pinned to PCI slot 2, so both releases name it ens2
+# cloud-init's fallback, without DHCPv6: cloud-init 25.1 (trixie) falls back to dhcp4 + dhcp6,
+# and ifupdown's `inet6 dhcp` then waits minutes for a DHCPv6 server QEMU does not have.
+DEFAULT_NETWORK_CONFIG = f"""\
+version: 2
+ethernets:
+  {GUEST_NIC}:
+    match:
+      macaddress: "{GUEST_MAC}"
+    set-name: {GUEST_NIC}
+    dhcp4: true
+    dhcp6: false
+"""
 # What to pull out of the guest's disk when a boot left no results (crash, timeout).
 FORENSIC_PATHS = (
     "/var/log/cloud-init.log",
@@ -192,6 +206,11 @@ def kill_all_vms() -> None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
         _LIVE.discard(proc)
+
+
+def live_vm_count() -> int:
+    """QEMU processes this process started that still run (0 between boot() calls)."""
+    return sum(1 for proc in _LIVE if proc.poll() is None)
 
 
 atexit.register(kill_all_vms)
@@ -408,7 +427,7 @@ def qemu_command(
         "-netdev",
         "user,id=net0",
         "-device",
-        "virtio-net-pci,netdev=net0",
+        f"virtio-net-pci,netdev=net0,mac={GUEST_MAC},addr=0x2",
         "-device",
         "virtio-rng-pci",
         "-chardev",
@@ -445,7 +464,9 @@ class QemuExit:
     returncode: int  # negative: killed by that signal
 
 
-def _run_qemu(cmd: Sequence[str], qmp_socket: Path, deadline: float, stderr_log: Path) -> QemuExit:
+def _run_qemu(
+    cmd: Sequence[str], qmp_socket: Path, deadline: float, stderr_log: Path, powerdown_grace_s: float
+) -> QemuExit:
     """Run QEMU until it exits or the deadline. QEMU is gone when this returns or raises."""
     with stderr_log.open("wb") as err:
         proc = subprocess.Popen(
@@ -461,7 +482,7 @@ def _run_qemu(cmd: Sequence[str], qmp_socket: Path, deadline: float, stderr_log:
             # Ask nicely first (ACPI power button): the results unit still records the boot.
             if _qmp(qmp_socket, "system_powerdown"):
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=POWERDOWN_GRACE_S)
+                    proc.wait(timeout=powerdown_grace_s)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -487,9 +508,10 @@ def boot(
     max_boots: int = DEFAULT_MAX_BOOTS,
     run_dir: Path | None = None,
     disk_size: str = "16G",
-    network_config: str | None = None,
+    network_config: str | None = DEFAULT_NETWORK_CONFIG,
     kernel_args: Sequence[str] = (),
     qemu: QemuConfig | None = None,
+    powerdown_grace_s: float = POWERDOWN_GRACE_S,
 ) -> VmRun:
     """Boot `image` with a NoCloud seed holding `user_data` until the guest stops rebooting.
 
@@ -498,8 +520,11 @@ def boot(
       bakegen.autopoweroff=1: the guest powers off once cloud-init is done on a boot
       that did not schedule a reboot.
     autopoweroff: override the default (True exactly for "until-done").
+    network_config: the seed's network-config (default: DHCPv4 on the one NIC); None
+      leaves it out, so cloud-init falls back to its own (slow on trixie, see above).
     timeout_s: the deadline for the whole run (all boots). At the deadline the guest
-      gets an ACPI power-down (so it can still record results), then SIGKILL.
+      gets an ACPI power-down (so it can still record results), and SIGKILL
+      `powerdown_grace_s` later.
     The run stops at the first boot that does not end in a reboot. Nothing is left
     running when this returns or raises.
     """
@@ -543,7 +568,9 @@ def boot(
                 config,
             )
             (run_dir / f"boot-{number}.qemu-cmd").write_text(" ".join(cmd) + "\n")
-            qemu_exit = _run_qemu(cmd, sock_dir / "qmp.sock", deadline, run_dir / f"boot-{number}.qemu-stderr.log")
+            qemu_exit = _run_qemu(
+                cmd, sock_dir / "qmp.sock", deadline, run_dir / f"boot-{number}.qemu-stderr.log", powerdown_grace_s
+            )
             record = _finish_boot(
                 number, time.monotonic() - boot_started, qemu_exit, serial_log, results, overlay, results_root
             )

@@ -1,5 +1,5 @@
-"""pytest fixtures for the QEMU harness. tests/conftest.py pulls them in with
-`from tests.support.vm_fixtures import vm_cache_dir, vm_image_factory, vm_boot  # noqa: F401`.
+"""pytest fixtures for the QEMU harness; tests/conftest.py loads this module as a plugin
+(`pytest_plugins = [..., "tests.support.vm_fixtures"]`).
 
 Environment:
   BAKEGEN_CACHE        cache root (default ~/.cache/bakegen); images under vm-images/

@@ -7,7 +7,7 @@ per-run qcow2 overlays on top of it.
 
 The image carries two harness units (files under GUEST_FILES):
 - bakegen-results.service records each boot onto the results disk at shutdown;
-- bakegen-autopoweroff.service powers off once cloud-init is done, when the kernel
+- bakegen-autopoweroff.path/.service power off once cloud-init is done, when the kernel
   command line has bakegen.autopoweroff=1 and cloud-init did not schedule a reboot.
 Both do nothing unless the kernel command line has bakegen.boot=N, so a later Packer
 bake that starts from this base behaves like a plain cloud image.
@@ -124,10 +124,17 @@ stop)
     [ -d /var/lib/bakegen ] && cp -rL /var/lib/bakegen "$out/var-lib-bakegen" 2> "$out/var-lib-bakegen.err"
     systemctl --failed --no-legend --plain > "$out/failed-units.txt" 2>&1
     # What is installed, and what Docker (if any) runs with: the unit is ordered after
-    # docker.service, so dockerd still answers here.
+    # docker.service, so dockerd still answers here. Without the docker CLI (trixie splits
+    # it out as docker-cli), ask dockerd's Engine API for the same information.
     dpkg-query -W -f='${Package}\t${Version}\t${db:Status-Status}\n' > "$out/packages.tsv" 2>&1
     if command -v docker > /dev/null; then
+        echo cli > "$out/docker-info.source"
         timeout 60 docker info --format '{{json .}}' > "$out/docker-info.json" 2> "$out/docker-info.err"
+        echo "$?" > "$out/docker-info.rc"
+    elif [ -S /run/docker.sock ]; then
+        echo engine-api > "$out/docker-info.source"
+        curl -sS --fail --max-time 60 --unix-socket /run/docker.sock http://localhost/info \
+            > "$out/docker-info.json" 2> "$out/docker-info.err"
         echo "$?" > "$out/docker-info.rc"
     fi
     journalctl -b --no-pager -o short-monotonic > "$out/journal.txt" 2>&1
@@ -157,21 +164,9 @@ cloud_init_busy() {
     # a stage (or its power_state child, a fork with the same command line) is alive
     pgrep -f '^(/usr/bin/python3[.0-9]* )?/usr/bin/cloud-init (init|modules|--all-stages)' > /dev/null
 }
-# Wait for the final stage without `cloud-init status --wait`: its 0.25 s Python polling
-# costs a good share of a TCG guest's CPU. result.json appears when the final stage ends;
-# asking `cloud-init status` once a minute covers a cloud-init that will never run.
-i=0
-until [ -e /run/cloud-init/result.json ]; do
-    sleep 2
-    i=$((i + 1))
-    if [ $((i % 30)) -eq 0 ]; then
-        case "$(cloud-init status 2>/dev/null)" in
-            *"status: running"* | *"status: not run"* | "") ;;
-            *) break ;;
-        esac
-    fi
-done
-say "cloud-init is $(cloud-init status 2>/dev/null | sed -n 's/^status: //p')"
+# Started by bakegen-autopoweroff.path once /run/cloud-init/result.json exists, i.e. the
+# final stage has ended (no polling: polling costs a TCG guest dearly).
+say "cloud-init's final stage ended: $(tr -d ' \n' < /run/cloud-init/result.json 2>/dev/null | cut -c1-300)"
 i=0
 while [ "$i" -lt "$grace" ] && cloud_init_busy; do
     shutdown_pending && break
@@ -208,26 +203,42 @@ TimeoutStopSec=300
 WantedBy=multi-user.target
 """
 
-_AUTOPOWEROFF_UNIT = """[Unit]
+_AUTOPOWEROFF_PATH = """[Unit]
 Description=bakegen test harness: power off once cloud-init is done (bakegen.autopoweroff=1)
 Documentation=file:/usr/local/lib/bakegen-harness/autopoweroff.sh
 ConditionKernelCommandLine=bakegen.autopoweroff=1
 
-[Service]
-# Not oneshot and not After=cloud-final.service: the script polls cloud-init instead,
-# so multi-user.target never waits for it and no ordering cycle is possible.
-Type=exec
-ExecStart=/usr/local/lib/bakegen-harness/autopoweroff.sh
-StandardOutput=journal+console
+[Path]
+# cloud-init writes result.json when its final stage ends (22.4 and 25.1 alike)
+PathExists=/run/cloud-init/result.json
+Unit=bakegen-autopoweroff.service
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=paths.target
+"""
+
+_AUTOPOWEROFF_UNIT = """[Unit]
+Description=bakegen test harness: power off unless cloud-init scheduled a reboot
+Documentation=file:/usr/local/lib/bakegen-harness/autopoweroff.sh
+ConditionKernelCommandLine=bakegen.autopoweroff=1
+
+[Service]
+# Started by bakegen-autopoweroff.path, never ordered against cloud-init (no cycle can
+# form). RemainAfterExit: once run it stays active, so the path unit does not re-trigger it.
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/bakegen-harness/autopoweroff.sh
+TimeoutStartSec=600
+# Stopped by the reboot it was waiting for: not a failure (oneshot is strict by default).
+SuccessExitStatus=SIGTERM
+StandardOutput=journal+console
 """
 
 GUEST_FILES: dict[str, tuple[str, int]] = {
     "/usr/local/lib/bakegen-harness/results.sh": (_RESULTS_SH, 0o755),
     "/usr/local/lib/bakegen-harness/autopoweroff.sh": (_AUTOPOWEROFF_SH, 0o755),
     "/etc/systemd/system/bakegen-results.service": (_RESULTS_UNIT, 0o644),
+    "/etc/systemd/system/bakegen-autopoweroff.path": (_AUTOPOWEROFF_PATH, 0o644),
     "/etc/systemd/system/bakegen-autopoweroff.service": (_AUTOPOWEROFF_UNIT, 0o644),
     "/etc/cloud/cloud.cfg.d/01_bakegen_harness.cfg": (
         "# bakegen test harness: only the NoCloud seed, no metadata probes\ndatasource_list: [ NoCloud, None ]\n",
@@ -248,7 +259,7 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
 _CUSTOMIZE_SH = """set -eu
 rm -f /etc/apt/sources.list
 update-ca-certificates
-systemctl enable serial-getty@ttyS0.service bakegen-results.service bakegen-autopoweroff.service
+systemctl enable serial-getty@ttyS0.service bakegen-results.service bakegen-autopoweroff.path
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /etc/resolv.conf /etc/ssh/ssh_host_*
 apt-get clean
