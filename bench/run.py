@@ -131,8 +131,9 @@ def spread(figures: dict[str, float]) -> str:
     return f"{fmt_s(figures['median'])} ({fmt_s(figures['min'])}-{fmt_s(figures['max'])})"
 
 
-def table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

@@ -26,6 +26,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.run import table  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
 RELEASES = ("bookworm", "trixie")
 KINDS = ("cloud-init", "shell", "wrong-release")
 
@@ -72,16 +74,6 @@ def recorded_runs() -> dict[str, Any]:
 
 def fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def main() -> int:

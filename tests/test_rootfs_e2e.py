@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import render_script
-from tests.support.mirror import Mirror
+from tests.support.mirror import Mirror, key_fingerprints
 from tests.support.rootfs import Chroot, Release, build_rootfs, default_cache_dir
 
 pytestmark = pytest.mark.rootfs
@@ -396,14 +395,7 @@ def test_driver_comes_from_debian_nonfree_held_to_its_branch(baked: Bake) -> Non
 
 def test_toolkit_repository_is_pinned_and_verified(baked: Bake) -> None:
     chroot = baked.chroot
-    listing = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--show-keys", str(chroot.host_path(KEYRING))],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
-    assert fingerprints[0] == baked.mirror.fingerprint
+    assert key_fingerprints(chroot.host_path(KEYRING).read_bytes()) == [baked.mirror.fingerprint]
     source = chroot.read_text(SOURCE_LIST)
     assert f"deb [signed-by={KEYRING}] {baked.mirror.base_url}/stable/deb/amd64 /" in source.splitlines()
     pin = chroot.read_text("/etc/apt/preferences.d/bakegen-nvidia-container-toolkit")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mirror import HTML_PAGE, Mirror
+from tests.support.mirror import HTML_PAGE, Mirror, key_fingerprints
 from tests.support.rootfs import Chroot, Release, build_rootfs
 from tests.support.standin.debs import build_debs, load_spec
 
@@ -40,18 +39,6 @@ def fetch(
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read()
-
-
-def key_fingerprints(armored: bytes) -> list[str]:
-    out = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--show-keys"], input=armored, capture_output=True, check=True
-    ).stdout.decode()
-    lines = out.splitlines()
-    return [
-        line.split(":")[9]
-        for prev, line in itertools.pairwise(lines)
-        if prev.startswith("pub:") and line.startswith("fpr:")
-    ]
 
 
 def dearmor(armored: bytes, target: Path) -> Path:

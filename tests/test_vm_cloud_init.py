@@ -25,8 +25,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ import yaml
 
 from generator.model import Format
 from tests.helpers import render_files
-from tests.support.mirror import Mirror, Request
+from tests.support.mirror import Mirror, Request, key_fingerprints
 from tests.support.vm import BootEnd, VmRun, boot, kill_all_vms
 from tests.support.vm_fixtures import ImageFactory, vm_releases
 from tests.support.vm_image import Release, VmImage, default_cache_dir
@@ -185,25 +183,6 @@ def docker_runtimes(run: VmRun) -> dict[str, Any]:
     info = json.loads(run.last.read_result("docker-info.json"))
     runtimes: dict[str, Any] = info["Runtimes"]
     return runtimes
-
-
-def key_fingerprints(keyring: Path) -> list[str]:
-    with tempfile.TemporaryDirectory(prefix="bakegen-gpg-") as home:
-        out = subprocess.run(
-            ["gpg", "--homedir", home, "--batch", "--with-colons", "--show-keys", str(keyring)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    fingerprints, want = [], False
-    for line in out.splitlines():
-        fields = line.split(":")
-        if fields[0] == "pub":
-            want = True
-        elif fields[0] == "fpr" and want:
-            fingerprints.append(fields[9])
-            want = False
-    return fingerprints
 
 
 def load_average() -> float:
@@ -387,7 +366,7 @@ def assert_toolkit_installed(outcome: Outcome, mirror: Mirror) -> None:
 
     # the key: fetched from the mirror, verified against the pinned fingerprint, stored as a binary keyring
     assert f"key from {base_url}/gpgkey verified: {mirror.fingerprint}" in log, log[-3000:]
-    assert key_fingerprints(outcome.state / "keyrings" / f"{REPO_NAME}.gpg") == [mirror.fingerprint]
+    assert key_fingerprints((outcome.state / "keyrings" / f"{REPO_NAME}.gpg").read_bytes()) == [mirror.fingerprint]
     # the source: signed-by that keyring only
     source = (outcome.state / "sources.list.d" / f"{REPO_NAME}.list").read_text()
     assert f"deb [signed-by={KEYRING}] {base_url}/stable/deb/amd64 /" in source.splitlines(), source
@@ -478,23 +457,11 @@ def test_cloud_init_second_boot_runs_the_gpu_check(cloud_init_outcome: Outcome) 
     assert "nvidia" in docker_runtimes(second), docker_runtimes(second)
 
 
-# Known bugs of the generated output shown by a booted machine. Each test stays a strict xfail until fixed: once
-# the bug is fixed the test passes, which fails the run, and the entry must go.
 # Found by these boots and fixed since: trixie's docker.io only Recommends docker-cli (no `docker` command; now
 # distros/debian13.yaml installs docker-cli too).
-KNOWN_BUGS: dict[tuple[str, Release], str] = {}
-
-
-def known_bug(request: pytest.FixtureRequest, bug: str, release: Release) -> None:
-    reason = KNOWN_BUGS.get((bug, release))
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 @pytest.mark.vm
-def test_docker_cli_is_installed(cloud_init_outcome: Outcome, request: pytest.FixtureRequest) -> None:
+def test_docker_cli_is_installed(cloud_init_outcome: Outcome) -> None:
     """The host has the `docker` command users (and the GPU check) run containers with."""
-    known_bug(request, "docker-cli", cloud_init_outcome.release)
     run = cloud_init_outcome.first
     source = run.last.read_result("docker-info.source").strip()
     assert source == "cli", (

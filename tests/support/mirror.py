@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import gzip
 import http.server
+import itertools
 import shutil
 import socket
 import ssl
@@ -35,6 +36,23 @@ KEY_PATH = f"{URL_PREFIX}/gpgkey"
 LIST_PATH = f"{URL_PREFIX}/stable/deb/nvidia-container-toolkit.list"
 HTML_PAGE = b"<html>Unsupported distribution!</html>\n"
 DEFAULT_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+
+
+def key_fingerprints(key: bytes) -> list[str]:
+    """The primary-key fingerprints of an OpenPGP key or keyring (armored or binary), as gpg reads them."""
+    with tempfile.TemporaryDirectory(prefix="bakegen-gpg-") as home:
+        out = subprocess.run(
+            ["gpg", "--homedir", home, "--batch", "--with-colons", "--show-keys"],
+            input=key,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+    lines = out.splitlines()
+    return [
+        line.split(":")[9]
+        for prev, line in itertools.pairwise(lines)
+        if prev.startswith("pub:") and line.startswith("fpr:")
+    ]
 
 
 class Mode(enum.StrEnum):
