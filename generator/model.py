@@ -157,6 +157,7 @@ class Distro:
     driver_sources: dict[str, DriverSource]
     default_driver_source: str
     repos: dict[str, RepoSpec]
+    retired_keys: tuple[str, ...]  # full fingerprints removed from trust where present
     toolkit_repo: str
     toolkit_packages: tuple[str, ...]
     runtimes: dict[Runtime, RuntimeSupport]

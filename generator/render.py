@@ -14,7 +14,7 @@ from . import __version__, hclfmt, quoting
 from .errors import BakegenError
 from .model import Cloud, Family, Format, Runtime
 from .paths import data_dir
-from .plan import Plan
+from .plan import TOOLKIT_FLOOR, Plan
 
 HEREDOC_END = "BAKEGEN_EMBEDDED_FILE_END"
 
@@ -193,6 +193,7 @@ def _context(plan: Plan, what: str) -> dict[str, Any]:
         "banner": _banner(plan, what),
         "repo_add": _repo_add(plan),
         "toolkit_package_version": toolkit_package_version(plan.toolkit_version),
+        "toolkit_floor": ".".join(str(n) for n in TOOLKIT_FLOOR),
         "runtime_config": RUNTIME_CONFIG,
         "heredoc_end": HEREDOC_END,
         "gpu_check_program": _static("bakegen-gpu-check.py"),

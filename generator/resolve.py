@@ -189,6 +189,7 @@ def _build(merged: MergedDescriptor) -> Distro:
         driver_sources=sources,
         default_driver_source=data["driver"]["default_source"],
         repos=repos,
+        retired_keys=tuple(data.get("retired_keys", ())),
         toolkit_repo=data["toolkit"]["repo"],
         toolkit_packages=tuple(data["toolkit"]["packages"]),
         runtimes=runtimes,

@@ -12,6 +12,7 @@ apt_packages=(
   systemd             # systemd-analyze verify for the GPU check unit
   gnupg curl ca-certificates apt-utils dpkg-dev   # key verification, the stand-in mirror
   mmdebstrap          # Debian root filesystems for running generated scripts for real
+  dnf rpm createrepo-c   # real dnf 4, rpm (rpmbuild, rpmsign) and createrepo_c: keys against the rpm verifiers
   qemu-system-x86 qemu-utils genisoimage mtools dosfstools e2fsprogs   # VM boots
 )
 missing=()

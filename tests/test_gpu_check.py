@@ -583,9 +583,24 @@ def test_smoke_test_runs_the_configured_image_with_gpus_and_capabilities(machine
     assert machine.calls("docker") == [
         "info --format {{json .Runtimes}}",
         "run --rm --gpus device=0 -e NVIDIA_DRIVER_CAPABILITIES=compute,utility,video "
-        "nvidia/cuda:12.9.1-base-ubi9 nvidia-smi -L",
+        "-- nvidia/cuda:12.9.1-base-ubi9 nvidia-smi -L",
     ]
     assert run.check("container_smoke_test")["detail"].startswith("a nvidia/cuda:12.9.1-base-ubi9 container saw 1 GPU")
+
+
+def test_terminal_escapes_in_docker_output_reach_neither_console_nor_login_message(machine: FakeMachine) -> None:
+    """docker's (and an image's) output is not trusted: control characters are replaced where a terminal shows
+    them (issue 16, F5); the JSON result keeps the text, escaped by JSON itself."""
+    hostile = "\x1b]0;owned\x07\x1b[2Jdocker: Error response from daemon\x9b31m: boom\n"
+    machine.with_gpus(h200_replies())
+    machine.tool("docker", {DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply(hostile, 125)})
+    run = machine.run()
+    assert run.check("container_smoke_test")["status"] == "fail"
+    assert "\x1b" in run.check("container_smoke_test")["detail"]
+    for shown in (run.stdout, run.motd or ""):
+        assert "Error response from daemon" in shown
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", shown), repr(shown)
+    assert run.motd is not None and "?]0;owned??[2Jdocker: Error response from daemon?31m: boom" in run.motd
 
 
 @pytest.mark.parametrize(("runtime", "pattern", "output", "status"), [
@@ -630,8 +645,12 @@ def test_configured_runtime_that_is_not_installed_is_skipped(machine: FakeMachin
     ('{"driver_branch": "latest"}', "driver_branch: expected a driver branch"),
     ('{"require_gpu": "yes"}', "require_gpu: expected true or false"),
     ('{"container_test": 1}', "container_test: expected true or false"),
-    ('{"container_image": ""}', "container_image: expected a non-empty string"),
-    ('{"gpus": null}', "gpus: expected a non-empty string"),
+    ('{"container_image": ""}', "container_image: expected a container image reference"),
+    # An option in the image's place would reach docker as an option (issue 16, F6).
+    ('{"container_image": "--privileged"}', "container_image: expected a container image reference"),
+    ('{"container_image": "-v/:/host alpine"}', "container_image: expected a container image reference"),
+    ('{"gpus": null}', "gpus: expected all, a count, or device=0,1"),
+    ('{"gpus": "all --privileged"}', "gpus: expected all, a count, or device=0,1"),
     ('{"capabilities": "compute,bogus"}', "capabilities: unknown capability bogus"),
     ('{"runtimes": "docker"}', "runtimes: expected a list of runtime names"),
     ('{"runtimes": ["podman"]}', "runtimes: unknown runtime podman"),
@@ -664,7 +683,7 @@ def test_all_config_problems_are_reported_together(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--driver-branch", "abc"), "command line: driver_branch: expected a driver branch"),
-    (("--gpus", ""), "command line: gpus: expected a non-empty string"),
+    (("--gpus", ""), "command line: gpus: expected all, a count, or device=0,1"),
     (("--capabilities", "compute,gpu"), "command line: capabilities: unknown capability gpu"),
     (("--expected-gpus", "-1"), "argument --expected-gpus: expected an integer >= 0, got -1"),
     (("--expected-gpus", "two"), "argument --expected-gpus: expected an integer >= 0, got 'two'"),

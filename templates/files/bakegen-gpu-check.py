@@ -42,6 +42,14 @@ SMI_MESSAGES = (("couldn't communicate with the NVIDIA driver", "no-driver"),
 NOT_AVAILABLE = ("", "N/A", "[N/A]", "Not Supported", "[Not Supported]", "Unknown Error", "[Unknown Error]")
 GPU_LABEL = re.compile(r"^GPU(\d+)$")
 GPU_LIST_LINE = re.compile(r"^GPU \d+: ", re.MULTILINE)
+# Everything but a newline that a terminal may act on (C0, DEL, C1: escape sequences, carriage returns).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# A container image reference, as bakegen accepts it: [registry[:port]/]path[:tag][@sha256:digest].
+IMAGE_REFERENCE = re.compile(
+    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# docker run --gpus: all, a count, or device indexes / UUIDs.
+GPUS_SPEC = re.compile(r'^(all|[1-9][0-9]?|"?device=[0-9A-Za-z,-]+"?)$')
 
 
 class ConfigError(Exception):
@@ -144,15 +152,10 @@ def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_word(value):
-    return isinstance(value, str) and value != "" and value.strip() == value and " " not in value
-
-
 def is_bool(value):
     return isinstance(value, bool)
 
 
-WORD = "expected a non-empty string without spaces"
 # Every config key: (default, is a value valid?, what is expected). Names in capabilities/runtimes must be known.
 CONFIG_KEYS = {
     "schema": (1, lambda value: is_int(value) and value == 1, "expected 1"),
@@ -161,8 +164,11 @@ CONFIG_KEYS = {
     "expected_gpus": (0, lambda value: is_int(value) and value >= 0, "expected an integer >= 0"),
     "require_gpu": (False, is_bool, "expected true or false"),
     "container_test": (True, is_bool, "expected true or false"),
-    "container_image": ("nvidia/cuda:12.9.1-base-ubuntu24.04", is_word, WORD),
-    "gpus": ("all", is_word, WORD),
+    "container_image": ("nvidia/cuda:12.9.1-base-ubuntu24.04",
+                        lambda value: isinstance(value, str) and IMAGE_REFERENCE.match(value) is not None,
+                        "expected a container image reference (name[:tag][@sha256:digest])"),
+    "gpus": ("all", lambda value: isinstance(value, str) and GPUS_SPEC.match(value) is not None,
+             "expected all, a count, or device=0,1"),
     "capabilities": ("compute,utility", lambda value: isinstance(value, str) and value != "",
                      "expected a comma-separated list of " + ", ".join(KNOWN_CAPABILITIES)),
     "runtimes": (["docker"], lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
@@ -599,7 +605,7 @@ def check_container(facts, config):
     if facts.smi_state != "ok":
         return "skip", "nvidia-smi fails on the host; a container cannot do better"
     result = run_command(["docker", "run", "--rm", "--gpus", config["gpus"], "-e",
-                          "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], image, "nvidia-smi", "-L"],
+                          "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], "--", image, "nvidia-smi", "-L"],
                          CONTAINER_TEST_TIMEOUT)
     if result.error == "not-found":
         return "skip", "docker not installed"
@@ -704,7 +710,16 @@ def human_summary(result):
     return "\n".join(lines) + "\n"
 
 
+def printable(text):
+    """Text with every control character but newlines replaced: docker's and nvidia-smi's output is not trusted."""
+    return CONTROL_CHARACTERS.sub("?", text)
+
+
 def motd_line(result, result_path):
+    return printable(_motd_line(result, result_path))
+
+
+def _motd_line(result, result_path):
     head = f"bakegen GPU check {result['status'].upper()} at {result['time']}: "
     if result["status"] == "pass":
         return head + gpu_summary(result) + "\n"
@@ -814,7 +829,7 @@ def main(argv=None):
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
     elif not args.quiet:
-        sys.stdout.write(human_summary(result))
+        sys.stdout.write(printable(human_summary(result)))
     return result["exit_code"]
 
 

@@ -106,7 +106,6 @@ def standin_mirror_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture
 def standin_mirror(standin_mirror_session: Mirror) -> Iterator[Mirror]:
     """The session's mirror, in `normal` mode with an empty request log, reset after the test."""
-    standin_mirror_session.set_mode("normal")
-    standin_mirror_session.clear_requests()
+    standin_mirror_session.reset()
     yield standin_mirror_session
-    standin_mirror_session.set_mode("normal")
+    standin_mirror_session.reset()

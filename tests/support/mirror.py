@@ -114,11 +114,17 @@ class Gpg:
 
     def sign(self, fingerprint: str, source: Path, target: Path, *, clear: bool) -> None:
         mode = "--clearsign" if clear else "--detach-sign"
-        self.run("--local-user", fingerprint, "--armor", mode, "--output", str(target), str(source))
+        self.run("--yes", "--local-user", fingerprint, "--armor", mode, "--output", str(target), str(source))
 
     def close(self) -> None:
         subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"], capture_output=True)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def sign_release(repo: Path, gpg: Gpg, fingerprint: str) -> None:
+    """(Re)sign one flat apt repository's Release as InRelease and Release.gpg."""
+    gpg.sign(fingerprint, repo / "Release", repo / "InRelease", clear=True)
+    gpg.sign(fingerprint, repo / "Release", repo / "Release.gpg", clear=False)
 
 
 def build_repository(www: Path, debs: list[Path], gpg: Gpg, fingerprint: str) -> list[str]:
@@ -151,8 +157,7 @@ def build_repository(www: Path, debs: list[Path], gpg: Gpg, fingerprint: str) ->
             capture_output=True,
         ).stdout
         (repo / "Release").write_bytes(release)
-        gpg.sign(fingerprint, repo / "Release", repo / "InRelease", clear=True)
-        gpg.sign(fingerprint, repo / "Release", repo / "Release.gpg", clear=False)
+        sign_release(repo, gpg, fingerprint)
     return arches
 
 
@@ -165,6 +170,7 @@ class _State:
         self.delay = 3.0
         self.good_key = good_key
         self.wrong_key = wrong_key
+        self.served_key: bytes | None = None  # set_key(): these bytes at gpgkey, whatever the mode
         self.requests: list[Request] = []
         self.errors: list[str] = []  # failed connections (TLS handshake refused, client gone)
 
@@ -215,7 +221,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if mode is Mode.SLOW:
             time.sleep(delay)
         path = self.path.split("?", 1)[0]
-        if mode is Mode.ERROR_503:
+        with state.lock:
+            served_key = state.served_key
+        if path == KEY_PATH and served_key is not None and mode is not Mode.ERROR_503:
+            self._send_bytes(served_key, "application/octet-stream")
+        elif mode is Mode.ERROR_503:
             self.send_error(503, "Service Unavailable (stand-in fault)")
         elif mode is Mode.HTML:
             self._send_bytes(HTML_PAGE, "text/html")
@@ -276,7 +286,8 @@ class Mirror:
         self.www = workdir / "www"
         for ours in (self.www, workdir / "debs", workdir / "tls"):
             shutil.rmtree(ours, ignore_errors=True)  # a reused workdir starts clean
-        gpg = Gpg()
+        # Kept until stop(): tests that play an attacker sign with the WRONG key and build hostile key files.
+        self.gpg = gpg = Gpg()
         try:
             self.fingerprint = gpg.generate(
                 "bakegen STAND-IN container-toolkit repo key (throwaway test key, not NVIDIA)"
@@ -288,8 +299,10 @@ class Mirror:
             self.keyring.write_bytes(gpg.export(self.fingerprint, armor=False))
             self.debs = build_debs(workdir / "debs")
             self.architectures = build_repository(self.www, self.debs, gpg, self.fingerprint)
-        finally:
+        except BaseException:
             gpg.close()
+            raise
+        self.signer = self.fingerprint
         self.key_asc = workdir / "gpgkey.asc"
         self.key_asc.write_bytes(armored)
         self.versions = load_spec().versions
@@ -363,6 +376,26 @@ class Mirror:
         elif new is not Mode.DOWN and old is Mode.DOWN:
             self._serve()
 
+    def set_key(self, key: bytes | None) -> None:
+        """Serve these bytes as the repository key (None: the mode's key again)."""
+        with self._state.lock:
+            self._state.served_key = key
+
+    def sign_with(self, fingerprint: str) -> None:
+        """Re-sign every architecture's Release with another key of `self.gpg` (the attacker's, in tests)."""
+        if fingerprint == self.signer:
+            return
+        for arch in self.architectures:
+            sign_release(self.www / URL_PREFIX.strip("/") / "stable" / "deb" / arch, self.gpg, fingerprint)
+        self.signer = fingerprint
+
+    def reset(self) -> None:
+        """Normal mode, the real key served, the repository signed by it, an empty request log."""
+        self.set_mode(Mode.NORMAL)
+        self.set_key(None)
+        self.sign_with(self.fingerprint)
+        self.clear_requests()
+
     @property
     def requests(self) -> list[Request]:
         with self._state.lock:
@@ -390,6 +423,7 @@ class Mirror:
 
     def stop(self) -> None:
         self._halt()
+        self.gpg.close()
 
     def __enter__(self) -> Mirror:
         return self

@@ -635,7 +635,7 @@ def normalizer(run: Run) -> Any:
         for fpr, label in labels.items():
             text = text.replace(fpr, f"<FPR:{label}>").replace(fpr[-16:], f"<KEYID:{label}>")
         text = re.sub(r"/tmp/tmp\.[A-Za-z0-9]+", "<TMP>", text)
-        return re.sub(r"key\.[0-9]+", "key.<N>", text)
+        return re.sub(r"(key|gnupg)\.[A-Za-z0-9]{6}(?![A-Za-z0-9])", r"\1.<N>", text)
 
     return norm
 

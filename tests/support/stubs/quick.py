@@ -57,6 +57,17 @@ def query(ctx: Ctx, names: list[str], fmt: str) -> int:
             for fpr, created in sorted(keys.items()):
                 out(_format(fmt, "gpg-pubkey", fpr[-8:].lower(), f"{created:08x}", "", "").rstrip("\n"))
             continue
+        if name.startswith("gpg-pubkey-"):
+            texts = [text for fpr, text in ctx.state.get("rpm_key_text", {}).items()
+                     if name == f"gpg-pubkey-{fpr[-8:].lower()}-{ctx.state['rpm_keys'].get(fpr, 0):08x}"]
+            if not texts:
+                out(f"package {name} is not installed")
+                rc = 1
+            elif fmt == "%{DESCRIPTION}":
+                out(texts[0].rstrip("\n"))
+            else:
+                raise Fail(1, f"rpm stub: does not model --qf {fmt!r} for keys")
+            continue
         found = [p for p in installed_pkgs(ctx) if name in forms(p)]
         if not found:
             out(f"package {name} is not installed")

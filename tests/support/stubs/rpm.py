@@ -48,6 +48,10 @@ def rpm(ctx: Ctx) -> int:
                 raise Fail(1, f"error: {path}: key 1 import failed.")
             keys = ctx.state.setdefault("rpm_keys", {})
             keys.update(created)
+            # rpm keeps each key, armored, as its gpg-pubkey package's DESCRIPTION.
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+            ctx.state.setdefault("rpm_key_text", {}).update({fpr: text for fpr in created})
         return 0
     if "-e" in opts:
         for name in opts["-e"] + words:
@@ -57,6 +61,7 @@ def rpm(ctx: Ctx) -> int:
             if match:
                 for fpr in [f for f in keys if f.lower().endswith(match.group(1))]:
                     del keys[fpr]
+                    ctx.state.get("rpm_key_text", {}).pop(fpr, None)
             else:
                 pkgs.remove(ctx, name)
         return 0

@@ -251,7 +251,7 @@ def mokutil(ctx: Ctx) -> int:
 
 def curl(ctx: Ctx) -> int:
     opts, words = split_options(ctx.args, {"--proto", "--retry", "--retry-delay", "--connect-timeout",
-                                           "--max-time", "--output", "-o", "-H", "--header"})
+                                           "--max-time", "--max-filesize", "--output", "-o", "-H", "--header"})
     if len(words) != 1:
         raise Fail(2, f"curl stub: expected one URL, got {words}")
     url = words[0]
@@ -268,6 +268,9 @@ def curl(ctx: Ctx) -> int:
     else:
         with open(f"{TRACE_DIR}/{entry['file']}", "rb") as handle:
             body = handle.read()
+    limit = (opts.get("--max-filesize") or [""])[-1]
+    if limit and len(body) > int(limit):
+        raise Fail(63, "curl: (63) Maximum file size exceeded")
     dest = (opts.get("--output") or opts.get("-o") or [""])[-1]
     if dest:
         with open(dest, "wb") as handle:

@@ -24,6 +24,7 @@ readonly OS_VERSION_ID=2023
 readonly OS_NAME='Amazon Linux 2023'
 readonly TARGET_ARCH=x86_64
 readonly BASE_PACKAGES=(ca-certificates curl-minimal gnupg2-minimal python3 pciutils kmod python3-dnf-plugin-versionlock)
+readonly RETIRED_KEYS=(AE09FE4BBD223A84B2CCFCE3F60F4B3D7FA2AF80)
 readonly KERNEL_HEADERS='kernel-devel-{kernel}'
 readonly KERNEL_EXTRA=('kernel-headers-{kernel}' 'kernel-modules-extra-{kernel}')
 readonly DRIVER_SOURCE=cuda-repo
@@ -36,6 +37,7 @@ readonly DRIVER_DKMS=1
 readonly DRIVER_COMPONENTS=()
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
+readonly TOOLKIT_FLOOR=1.17.8
 readonly CDI=0
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,11 +46,13 @@ readonly CDI=0
 readonly EX_OK=0 EX_FAILURE=1 EX_USAGE=2 EX_UNSUPPORTED=3 EX_VERIFY=4 EX_NETWORK=5 EX_REBOOT=10
 readonly STATE_DIR=/var/lib/bakegen
 readonly REBOOT_MARKER=/run/bakegen/reboot-required
-readonly CURL_OPTS=(--proto '=https' --tlsv1.2 --fail --silent --show-error --location
+# curl is called with -q first: root's ~/.curlrc is not read. Keys are small: a bound on what is downloaded.
+readonly CURL_OPTS=(--proto '=https' --tlsv1.2 --fail --silent --show-error --location --max-filesize 1048576
                     --retry 5 --retry-delay 2 --retry-connrefused --connect-timeout 15 --max-time 300)
 
 LOG_FILE=${BAKEGEN_LOG:-/var/log/bakegen.log}
 DRY_RUN=${BAKEGEN_DRY_RUN:-0}
+LOG_OPEN=0
 STEP=start
 REBOOT_REASONS=()
 NOTES=()
@@ -58,7 +62,31 @@ log() {
   local line
   line="$(date -u +%Y-%m-%dT%H:%M:%SZ) bakegen[${STEP}]: $*"
   printf '%s\n' "$line" >&2
-  if [ "$DRY_RUN" != 1 ]; then printf '%s\n' "$line" >>"$LOG_FILE" 2>/dev/null || true; fi
+  log_raw "$line"
+}
+
+# Append text to the log file (fd 8, see open_log), once it is open.
+log_raw() { if [ "$LOG_OPEN" = 1 ]; then printf '%s\n' "$*" >&8 2>/dev/null || true; fi; }
+
+# Open the log for appending as root, once: never through a symlink, never anything but a regular file with one
+# link and root's (/var/log is group-writable on some systems); created 0600 when missing.
+open_log() {
+  local file=$LOG_FILE
+  if [ -L "$file" ] || { [ -e "$file" ] && [ ! -f "$file" ]; }; then
+    die "$EX_UNSUPPORTED" "refusing to write the log to $file: it is a symlink or not a regular file"
+  fi
+  mkdir -p "$(dirname "$file")"
+  (umask 077 && set -C && : >"$file") 2>/dev/null || true
+  exec 8>>"$file"
+  # What was opened, not what the path names now (without /proc: the path, just checked).
+  local opened=/proc/$$/fd/8
+  [ -e "$opened" ] || opened=$file
+  case $(stat -L -c '%u %h %F' "$opened" 2>/dev/null) in
+    "0 1 regular file"|"0 1 regular empty file") ;;
+    *) exec 8>&-
+       die "$EX_UNSUPPORTED" "refusing to write the log to $file: not a regular file of root's with one link" ;;
+  esac
+  LOG_OPEN=1
 }
 
 note() { NOTES+=("$*"); log "note: $*"; }
@@ -153,62 +181,110 @@ download() {
   local url=$1 dest=$2
   case $url in https://*) ;; *) die "$EX_USAGE" "refusing to download from a non-https URL: $url" ;; esac
   log "download $url"
-  if ! curl "${CURL_OPTS[@]}" --output "$dest" "$url"; then
+  if ! curl -q "${CURL_OPTS[@]}" --output "$dest" "$url"; then
     die "$EX_NETWORK" "could not download $url (network or repository failure)"
   fi
 }
 
+# gpg in a home of its own (gpg_tmp: a throwaway one under $TMP_DIR): root's keyrings are neither read nor changed.
+gpg_in() {
+  local home=$1; shift
+  gpg --homedir "$home" --batch --quiet --no-tty --no-autostart "$@"
+}
+gpg_tmp() { gpg_in "$(mktemp -d "$TMP_DIR/gnupg.XXXXXX")" "$@"; }
+
 # The fingerprints of the primary keys in a key file (armored or binary), one per line; nothing (and
-# success) for a file that holds no key: callers decide what that means.
+# success) for a file that holds no key or one gpg cannot read: callers decide what that means.
 key_fingerprints() {
-  { GNUPGHOME="$TMP_DIR/gnupg" gpg --batch --quiet --no-autostart --with-colons \
-      --import-options show-only --import "$1" 2>/dev/null || true; } |
+  { gpg_tmp --with-colons --import-options show-only --import "$1" 2>/dev/null || true; } |
     awk -F: '$1 == "pub" { want = 1; next } $1 == "fpr" && want { print $10; want = 0 }'
 }
 
-# Check that FILE holds exactly one primary key, the one with fingerprint FPR; exits EX_VERIFY otherwise.
+# Read the key file FILE (downloaded, or stored by an earlier run) with gpg and write gpg's own minimal export of
+# the key with primary fingerprint FPR, and of nothing else, to OUT (ASCII-armored when ARMOR=1). Refused (status
+# 1, the reason in KEY_PROBLEM): anything gpg cannot read to the end without an error, secret-key material, any
+# number of primary keys but one, another primary fingerprint, a revoked or expired key. What is stored is gpg's
+# export, never the file's bytes: whatever gpg did not see cannot reach a keyring.
+canonical_key() {
+  local file=$1 fpr=$2 armor=$3 out=$4 home packets listing found armor_flag=()
+  KEY_PROBLEM=
+  home=$(mktemp -d "$TMP_DIR/gnupg.XXXXXX")
+  if ! packets=$(gpg_in "$home" --list-packets "$file" 2>/dev/null); then
+    KEY_PROBLEM="gpg cannot read all of it"
+    return 1
+  fi
+  if printf '%s\n' "$packets" | grep -q '^:secret'; then
+    KEY_PROBLEM="it holds secret-key material"
+    return 1
+  fi
+  found=$(printf '%s\n' "$packets" | grep -c '^:public key packet:' || true)
+  if [ "$found" -ne 1 ]; then
+    KEY_PROBLEM="it holds $found primary keys, not one"
+    return 1
+  fi
+  if ! listing=$(gpg_in "$home" --with-colons --import-options show-only --import "$file" 2>/dev/null); then
+    KEY_PROBLEM="gpg cannot read all of it"
+    return 1
+  fi
+  found=$(printf '%s\n' "$listing" | awk -F: '$1 == "pub" { want = 1; next } $1 == "fpr" && want { print $10; want = 0 }')
+  if [ "$found" != "$fpr" ]; then
+    KEY_PROBLEM="it has fingerprint ${found:-none} but $fpr is pinned"
+    return 1
+  fi
+  case $(printf '%s\n' "$listing" | awk -F: '$1 == "pub" { print $2; exit }') in
+    r) KEY_PROBLEM="the key $fpr is revoked"; return 1 ;;
+    e) KEY_PROBLEM="the key $fpr has expired"; return 1 ;;
+  esac
+  if [ "$armor" = 1 ]; then armor_flag=(--armor); fi
+  if ! gpg_in "$home" --import-options import-minimal --import "$file" 2>/dev/null ||
+     ! gpg_in "$home" --export-options export-minimal "${armor_flag[@]}" --export "$fpr" >"$out" 2>/dev/null ||
+     [ "$(key_fingerprints "$out")" != "$fpr" ]; then
+    KEY_PROBLEM="gpg could not import and export it"
+    return 1
+  fi
+}
+
+# Check the downloaded key FILE from URL against the pinned FPR and write what is to be stored to OUT (see
+# canonical_key); exits EX_VERIFY, trusting nothing, otherwise.
 verify_key() {
-  local file=$1 fpr=$2 url=$3 found
+  local file=$1 fpr=$2 url=$3 armor=$4 out=$5
   if [ ! -s "$file" ]; then
     die "$EX_VERIFY" "the key from $url is empty; nothing was trusted"
   fi
   if head -c 512 "$file" | grep -qi -e '<html' -e '<!doctype' -e '^# Unsupported'; then
     die "$EX_VERIFY" "$url returned a web page, not a key; nothing was trusted"
   fi
-  found=$(key_fingerprints "$file")
-  if [ -z "$found" ]; then
+  if [ -z "$(key_fingerprints "$file")" ]; then
     die "$EX_VERIFY" "$url is not an OpenPGP key; nothing was trusted"
   fi
-  if [ "$found" != "$fpr" ]; then
-    die "$EX_VERIFY" "the key from $url has fingerprint ${found//$'\n'/, } but $fpr is pinned; nothing was trusted"
+  if ! canonical_key "$file" "$fpr" "$armor" "$out"; then
+    die "$EX_VERIFY" "the key from $url is refused: $KEY_PROBLEM; nothing was trusted"
   fi
   log "key from $url verified: $fpr"
 }
 
-# Fetch the key at URL, verify it against FPR and store it at DEST (binary keyring when BINARY=1).
-# Nothing is downloaded when DEST already holds exactly that key.
+# Fetch the key at URL, verify it against FPR and store gpg's export of that key alone at DEST (ASCII-armored
+# when ARMOR=1, else a binary keyring). Nothing is downloaded when DEST already holds exactly that export; a DEST
+# that holds anything else (another key besides, secret material, bytes gpg cannot read) is replaced.
 install_key() {
-  local url=$1 fpr=$2 dest=$3 binary=$4 raw
-  if [ -s "$dest" ] && [ "$(key_fingerprints "$dest")" = "$fpr" ]; then
-    log "key $fpr already in $dest"
-    CHANGED=0
-    return 0
+  local url=$1 fpr=$2 dest=$3 armor=$4 raw
+  raw=$(mktemp "$TMP_DIR/key.XXXXXX")
+  if [ -s "$dest" ]; then
+    if canonical_key "$dest" "$fpr" "$armor" "$raw.stored" && cmp -s "$raw.stored" "$dest"; then
+      log "key $fpr already in $dest"
+      CHANGED=0
+      return 0
+    fi
+    log "$dest is not exactly the pinned key $fpr (${KEY_PROBLEM:-not the minimal export gpg makes of it}): replacing it"
   fi
   if [ "$DRY_RUN" = 1 ]; then
     log "dry-run: would download $url, verify it is $fpr, and store it in $dest"
     CHANGED=1
     return 0
   fi
-  raw="$TMP_DIR/key.$RANDOM"
   download "$url" "$raw"
-  verify_key "$raw" "$fpr" "$url"
-  if [ "$binary" = 1 ]; then
-    GNUPGHOME="$TMP_DIR/gnupg" gpg --batch --quiet --no-autostart --dearmor <"$raw" >"$raw.gpg" 2>/dev/null ||
-      cp "$raw" "$raw.gpg"
-    put_file 0644 "$dest" <"$raw.gpg"
-  else
-    put_file 0644 "$dest" <"$raw"
-  fi
+  verify_key "$raw" "$fpr" "$url" "$armor" "$raw.verified"
+  put_file 0644 "$dest" <"$raw.verified"
 }
 
 # The kernels the driver is built for: those installed in this system (an image's kernels when baking in a
@@ -292,7 +368,7 @@ rpm_repo_add() {
   [ -e "$key" ] || created_key=1
   [ -e "$file" ] || created_file=1
   log "repository $name: $description"
-  install_key "$key_url" "$fpr" "$key" 0
+  install_key "$key_url" "$fpr" "$key" 1
   if [ "$CHANGED" = 1 ]; then run rpm --import "$key"; fi
   printf '# %s (managed by bakegen)\n[%s]\nname=%s\nbaseurl=%s\nenabled=1\n' "$description" "$name" "$description" "$url" |
     cat - <(printf 'gpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://%s\n%s' "$key" "$extra") | put_file 0644 "$file"
@@ -302,7 +378,7 @@ rpm_repo_add() {
       if [ "$created_file" = 1 ]; then rm -f -- "$file"; fi
       if [ "$created_key" = 1 ]; then
         rm -f -- "$key"
-        rpm -e "gpg-pubkey-$(printf %s "${fpr: -8}" | tr A-F a-f)" >/dev/null 2>&1 || true
+        rpm_key_packages "$fpr" | xargs -r rpm -e >/dev/null 2>&1 || true
       fi
       die "$EX_NETWORK" "repository $name at $url cannot be used (unreachable, or not signed by $fpr);" \
         "removed what this run added"
@@ -310,11 +386,24 @@ rpm_repo_add() {
   fi
 }
 
-remove_retired_cuda_key() {
-  local key
-  for key in $(rpm -q gpg-pubkey 2>/dev/null | grep -i -- '-7fa2af80-' || true); do
-    run rpm -e "$key"
-    log "removed retired CUDA key $key"
+# rpm's names (gpg-pubkey-VERSION-RELEASE) for the imported keys whose full primary fingerprint is FPR: the name
+# holds only the short key ID, so each candidate's key is read back and compared in full.
+rpm_key_packages() {
+  local fpr=$1 pkg
+  for pkg in $(rpm -q gpg-pubkey 2>/dev/null | grep -i -- "^gpg-pubkey-${fpr: -8}-" || true); do
+    rpm -q --qf '%{DESCRIPTION}' "$pkg" >"$TMP_DIR/rpm-key" 2>/dev/null || continue
+    if [ "$(key_fingerprints "$TMP_DIR/rpm-key")" = "$fpr" ]; then printf '%s\n' "$pkg"; fi
+  done
+}
+
+# Remove retired signing keys (RETIRED_KEYS, full fingerprints) from rpm's database, where present.
+remove_retired_keys() {
+  local fpr pkg
+  for fpr in "${RETIRED_KEYS[@]}"; do
+    for pkg in $(rpm_key_packages "$fpr"); do
+      run rpm -e "$pkg"
+      log "removed retired key $fpr ($pkg)"
+    done
   done
 }
 
@@ -419,13 +508,13 @@ step_preflight() {
     die "$EX_UNSUPPORTED" "generated for $TARGET_ARCH, but this machine is $machine"
   fi
   if [ "$DRY_RUN" != 1 ]; then
-    mkdir -p "$STATE_DIR" "$(dirname "$LOG_FILE")"
+    mkdir -p "$STATE_DIR"
+    open_log
     exec 9>"$STATE_DIR/.lock"
     if ! flock -w 600 9; then die "$EX_FAILURE" "another bakegen run holds $STATE_DIR/.lock"; fi
     rm -f "$REBOOT_MARKER"
   fi
   TMP_DIR=$(mktemp -d)
-  mkdir -m 0700 "$TMP_DIR/gnupg"
   trap cleanup EXIT
   if systemd_running; then log "systemd is running: services will be restarted as needed"
   else note "systemd is not running here (chroot or image build): no service is started or restarted"; fi
@@ -436,7 +525,7 @@ step_base() {
   step base "base packages"
   pm_recover
   pm_install "${BASE_PACKAGES[@]}"
-  remove_retired_cuda_key
+  remove_retired_keys
 }
 
 step_driver() {
@@ -580,6 +669,14 @@ step_toolkit() {
   if [ "$DRY_RUN" != 1 ]; then
     have nvidia-ctk || die "$EX_VERIFY" "nvidia-ctk is missing after installing the toolkit"
     log "$(nvidia-ctk --version 2>&1 | head -n 1)"
+    # Whatever was asked for or found installed: never below the floor.
+    local installed
+    installed=$(pkg_version nvidia-container-toolkit)
+    installed=${installed%%-*}
+    if [ -z "$installed" ] || [ "$(printf '%s\n' "$TOOLKIT_FLOOR" "$installed" | sort -V | head -n 1)" != "$TOOLKIT_FLOOR" ]; then
+      die "$EX_VERIFY" "nvidia-container-toolkit ${installed:-(unknown version)} is installed, below $TOOLKIT_FLOOR" \
+        "(CVE-2025-23266): upgrade it, e.g. run this script generated with --toolkit-version $TOOLKIT_FLOOR or newer"
+    fi
   fi
   # NVIDIA's fix for "Failed to initialize NVML: Unknown Error" in containers after systemctl daemon-reload.
   printf '%s\n' 'ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", \' \
@@ -700,6 +797,14 @@ SMI_MESSAGES = (("couldn't communicate with the NVIDIA driver", "no-driver"),
 NOT_AVAILABLE = ("", "N/A", "[N/A]", "Not Supported", "[Not Supported]", "Unknown Error", "[Unknown Error]")
 GPU_LABEL = re.compile(r"^GPU(\d+)$")
 GPU_LIST_LINE = re.compile(r"^GPU \d+: ", re.MULTILINE)
+# Everything but a newline that a terminal may act on (C0, DEL, C1: escape sequences, carriage returns).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# A container image reference, as bakegen accepts it: [registry[:port]/]path[:tag][@sha256:digest].
+IMAGE_REFERENCE = re.compile(
+    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# docker run --gpus: all, a count, or device indexes / UUIDs.
+GPUS_SPEC = re.compile(r'^(all|[1-9][0-9]?|"?device=[0-9A-Za-z,-]+"?)$')
 
 
 class ConfigError(Exception):
@@ -802,15 +907,10 @@ def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_word(value):
-    return isinstance(value, str) and value != "" and value.strip() == value and " " not in value
-
-
 def is_bool(value):
     return isinstance(value, bool)
 
 
-WORD = "expected a non-empty string without spaces"
 # Every config key: (default, is a value valid?, what is expected). Names in capabilities/runtimes must be known.
 CONFIG_KEYS = {
     "schema": (1, lambda value: is_int(value) and value == 1, "expected 1"),
@@ -819,8 +919,11 @@ CONFIG_KEYS = {
     "expected_gpus": (0, lambda value: is_int(value) and value >= 0, "expected an integer >= 0"),
     "require_gpu": (False, is_bool, "expected true or false"),
     "container_test": (True, is_bool, "expected true or false"),
-    "container_image": ("nvidia/cuda:12.9.1-base-ubuntu24.04", is_word, WORD),
-    "gpus": ("all", is_word, WORD),
+    "container_image": ("nvidia/cuda:12.9.1-base-ubuntu24.04",
+                        lambda value: isinstance(value, str) and IMAGE_REFERENCE.match(value) is not None,
+                        "expected a container image reference (name[:tag][@sha256:digest])"),
+    "gpus": ("all", lambda value: isinstance(value, str) and GPUS_SPEC.match(value) is not None,
+             "expected all, a count, or device=0,1"),
     "capabilities": ("compute,utility", lambda value: isinstance(value, str) and value != "",
                      "expected a comma-separated list of " + ", ".join(KNOWN_CAPABILITIES)),
     "runtimes": (["docker"], lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
@@ -1257,7 +1360,7 @@ def check_container(facts, config):
     if facts.smi_state != "ok":
         return "skip", "nvidia-smi fails on the host; a container cannot do better"
     result = run_command(["docker", "run", "--rm", "--gpus", config["gpus"], "-e",
-                          "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], image, "nvidia-smi", "-L"],
+                          "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], "--", image, "nvidia-smi", "-L"],
                          CONTAINER_TEST_TIMEOUT)
     if result.error == "not-found":
         return "skip", "docker not installed"
@@ -1362,7 +1465,16 @@ def human_summary(result):
     return "\n".join(lines) + "\n"
 
 
+def printable(text):
+    """Text with every control character but newlines replaced: docker's and nvidia-smi's output is not trusted."""
+    return CONTROL_CHARACTERS.sub("?", text)
+
+
 def motd_line(result, result_path):
+    return printable(_motd_line(result, result_path))
+
+
+def _motd_line(result, result_path):
     head = f"bakegen GPU check {result['status'].upper()} at {result['time']}: "
     if result["status"] == "pass":
         return head + gpu_summary(result) + "\n"
@@ -1472,7 +1584,7 @@ def main(argv=None):
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
     elif not args.quiet:
-        sys.stdout.write(human_summary(result))
+        sys.stdout.write(printable(human_summary(result)))
     return result["exit_code"]
 
 
