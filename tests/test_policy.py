@@ -49,12 +49,18 @@ FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
 HTTP_ALLOWED = {"packer/sources.pkr.hcl": ("http://{{ .HTTPIP }}:{{ .HTTPPort }}/",)}
 FORBIDDEN = [
     (re.compile(r"\bapt-key\b"), "apt-key (deprecated global trust)"),
-    (re.compile(r"trusted\s*=\s*yes", re.I), "trusted=yes (unsigned apt repository)"),
-    (re.compile(r"gpgcheck\s*=\s*(0|no|false)\b", re.I), "gpgcheck=0 (unsigned packages)"),
-    (re.compile(r"repo_gpgcheck\s*=\s*(0|no|false)\b", re.I), "repo_gpgcheck=0 (unsigned metadata)"),
+    # apt takes yes and its boolean synonyms (StringToBool: yes/true/with/on/enable/1).
+    (re.compile(r"\btrusted\s*[=:]\s*[\"']?(yes|true|with|on|enable|1)\b", re.I),
+     "trusted=yes (unsigned apt repository)"),
+    (re.compile(r"\bgpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "gpgcheck=0 (unsigned packages)"),
+    (re.compile(r"\brepo_gpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "repo_gpgcheck=0 (unsigned metadata)"),
+    (re.compile(r"\bpkg_gpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "pkg_gpgcheck=0 (unsigned packages)"),
+    (re.compile(r"\bsslverify\s*=\s*[\"']?(0|no|false|off)\b", re.I), "sslverify=0 (TLS unchecked)"),
     (re.compile(r"\b(curl|wget)\b[^\n;&]*\|\s*(sudo\s+)?(ba|z|da)?sh\b"), "a download piped into a shell"),
-    (re.compile(r"--no-gpg-checks|--nogpgcheck|--allow-unauthenticated|AllowInsecureRepositories"),
-     "a package manager told to skip signatures"),
+    (re.compile(r"--no-gpg-checks|--nogpgcheck|--allow-unauthenticated|AllowInsecureRepositories"
+                r"|--allow-insecure-repositories|AllowDowngradeToInsecureRepositories|--no-check-certificate", re.I),
+     "a package manager or downloader told to skip signatures or certificates"),
+    (re.compile(r"(--insecure\b|\bCURL_OPTS=\([^)]*\s-k\b|\bcurl\b[^\n]*\s-k\b)"), "curl told not to check TLS"),
 ]
 
 CASES = [(d, a, f) for d, a in matrix() for f in Format]
@@ -121,6 +127,26 @@ def test_generated_files_trust_nothing_unchecked(case: tuple[str, str, Format]) 
         for match in re.finditer(r"http://\S*", file.content):
             allowed_here = any(file.content.startswith(a, match.start()) for a in allowed)
             assert allowed_here, f"{where}: plain-http URL {match.group(0)}"
+
+
+# Every spelling the policy must catch (issue 16, F9): a pattern that misses one of these is a hole in this test.
+HOSTILE_SPELLINGS = [
+    "apt-key add key.asc",
+    "deb [trusted=yes] http://x /", "deb [trusted=on] https://x /", "deb [trusted=true] https://x /",
+    "deb [trusted=enable] https://x /", "Trusted: yes", "deb [ trusted = \"yes\" ] https://x /",
+    "gpgcheck=0", "gpgcheck=off", "gpgcheck=no", "gpgcheck=false", "repo_gpgcheck=0", "repo_gpgcheck = off",
+    "pkg_gpgcheck=0", "sslverify=0", "sslverify=false", "sslverify=off",
+    "curl -fsSL https://x/install.sh | sh", "wget -qO- https://x | sudo bash",
+    "dnf install --nogpgcheck x", "zypper --no-gpg-checks in x", "apt-get install --allow-unauthenticated x",
+    "apt-get update --allow-insecure-repositories", "-o Acquire::AllowInsecureRepositories=true",
+    "curl --insecure https://x", "curl -fsS -k https://x", "readonly CURL_OPTS=(--fail -k --silent)",
+    "wget --no-check-certificate https://x",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_SPELLINGS)
+def test_policy_catches_every_spelling(text: str) -> None:
+    assert any(pattern.search(text) for pattern, _ in FORBIDDEN), text
 
 
 def _logical_lines(script: str) -> list[str]:
