@@ -203,11 +203,10 @@ variable "qemu_base_image" {
 
 variable "qemu_base_image_checksum" {
   type        = string
-  description = "Checksum of the base image (sha256:HEX, or file:URL of a checksum file); \"none\" skips the check: only for local images you built."
-  default     = "none"
+  description = "Checksum of the base image (sha256:HEX, or file:URL of a checksum file): no default, so the image is checked unless you write \"none\" (only for a local image you built)."
   validation {
-    condition     = regex_replace(var.qemu_base_image_checksum, "^(none|(md5|sha1|sha256|sha512):[0-9a-fA-F]+|file:.+)$", "") == ""
-    error_message = "The qemu_base_image_checksum must be none, TYPE:HEX or file:URL."
+    condition     = regex_replace(var.qemu_base_image_checksum, "^(none|(sha256|sha512):[0-9a-fA-F]+|file:https:.+)$", "") == ""
+    error_message = "The qemu_base_image_checksum must be sha256:HEX, sha512:HEX, file:https://... or (for an image you built) none."
   }
 }
 

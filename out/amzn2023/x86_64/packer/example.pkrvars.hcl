@@ -16,7 +16,7 @@ aws_kms_key_id    = ""
 
 # QEMU: a local cloud image; http/ holds the NoCloud seed (user-data authorizing the key below, meta-data).
 qemu_base_image          = "amzn2023-x86-64-base.qcow2"
-qemu_base_image_checksum = "none"
+qemu_base_image_checksum = "none" # an image you built; for a downloaded one: "sha256:<its published sum>"
 qemu_accelerator         = "kvm"
 qemu_http_directory      = "http"
 # The key must exist when Packer runs (validate reads it too):

@@ -61,11 +61,11 @@ source "amazon-ebs" "gpu" {
   kms_key_id   = var.aws_kms_key_id
 
   # IMDSv2 only: on the build instance (metadata_options) and on every instance launched from the image
-  # (imds_support). A hop limit of 2 lets containers reach the metadata service.
+  # (imds_support). Hop limit 1 on the build instance: nothing in a container there needs the metadata service.
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
-    http_put_response_hop_limit = 2
+    http_put_response_hop_limit = 1
   }
   imds_support = "v2.0"
 
@@ -132,7 +132,9 @@ source "qemu" "gpu" {
   memory           = var.qemu_memory_mb
   cpus             = var.qemu_cpus
   headless         = true
-  http_directory   = var.qemu_http_directory
+  # The seed server listens on loopback only (the guest reaches it through QEMU's user network as 10.0.2.2).
+  http_directory    = var.qemu_http_directory
+  http_bind_address = "127.0.0.1"
   # -cpu max: every feature the accelerator offers (never plain `host`). The base image's cloud-init finds
   # its NoCloud seed (user, SSH key) on Packer's HTTP server through the SMBIOS serial number.
   qemuargs = concat([

@@ -28,7 +28,7 @@ azure_vm_size         = "Standard_D4ps_v5"
 
 # QEMU: a local cloud image; http/ holds the NoCloud seed (user-data authorizing the key below, meta-data).
 qemu_base_image          = "ubuntu22-04-aarch64-base.qcow2"
-qemu_base_image_checksum = "none"
+qemu_base_image_checksum = "none" # an image you built; for a downloaded one: "sha256:<its published sum>"
 qemu_accelerator         = "kvm"
 qemu_http_directory      = "http"
 # The key must exist when Packer runs (validate reads it too):
