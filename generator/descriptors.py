@@ -76,8 +76,17 @@ def _compose(text: str, display: str) -> yaml.Node | None:
         raise DescriptorError([f"{display}:{line}: not valid YAML: {problem}"]) from None
 
 
-def _to_python(node: yaml.Node, display: str, path: KeyPath, lines: Provenance, problems: list[str]) -> Any:
-    """Build plain data from a composed node, recording each mapping key's line."""
+def _to_python(
+    node: yaml.Node, display: str, path: KeyPath, lines: Provenance, problems: list[str], seen: set[int] | None = None
+) -> Any:
+    """Build plain data from a composed node, recording each mapping key's line. Aliases are refused (a node met
+    twice): they state nothing a descriptor needs, and a few bytes of them can expand without bound."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        line = node.start_mark.line + 1
+        problems.append(f"{display}:{line}: {_dotted(path) or '(top)'}: YAML anchors and aliases are not allowed")
+        return None
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -93,10 +102,12 @@ def _to_python(node: yaml.Node, display: str, path: KeyPath, lines: Provenance, 
                 problems.append(f"{display}:{line}: {_dotted(path + (key,))}: duplicate key")
                 continue
             lines[path + (key,)] = (display, line)
-            out[key] = _to_python(value_node, display, path + (key,), lines, problems)
+            out[key] = _to_python(value_node, display, path + (key,), lines, problems, seen)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, display, path + (str(i),), lines, problems) for i, item in enumerate(node.value)]
+        return [
+            _to_python(item, display, path + (str(i),), lines, problems, seen) for i, item in enumerate(node.value)
+        ]
     # Scalars: PyYAML's SafeLoader resolves the tag (YAML 1.1, as cloud-init reads YAML).
     return _scalar(node)
 

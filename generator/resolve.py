@@ -28,6 +28,9 @@ from .model import (
 # {branch} is filled in when a plan is made, since the branch is chosen then; the rest follow from arch.
 BUILTIN_PLACEHOLDERS = frozenset({"arch", "deb_arch", "cuda_arch", "aws_arch", "branch", "codename", "version_id"})
 KERNEL_PLACEHOLDER = "kernel"  # filled in by the generated script, per target kernel
+# Characters no descriptor string may hold: controls (a newline too), and what some readers take for a line break
+# (U+0085, U+2028, U+2029): one reaching a script or user-data could start a line of its own there.
+_UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def descriptor_set(user_dir: Path | None = None) -> DescriptorSet:
@@ -116,6 +119,9 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
             problem(("runtimes", name, "repo"), f"{runtime['repo']!r} is not one of this descriptor's repos")
     known = BUILTIN_PLACEHOLDERS | set(data.get("vars", {}))
     for path, text in _strings(data):
+        if _UNPRINTABLE_RE.search(text):
+            problem(path, f"{text!r}: control and line-separator characters are not allowed")
+            continue
         if path == ("name",) or path[-1] == "description":
             continue  # free text, never formatted
         allowed = known | {KERNEL_PLACEHOLDER} if path[:1] == ("kernel",) else known

@@ -135,6 +135,33 @@ BAD_DESCRIPTORS = [
         ["bad.yaml:2: name:", "bad.yaml:3: arches.0: 'sparc' is not one of: x86_64, aarch64"],
         id="several-problems-at-once",
     ),
+    # Hostile descriptors through --distros-dir (issue 16, F8): a line separator became a real line break in the
+    # cloud-init copy of the script; a trailing newline passed `$`-anchored patterns; aliases expand unbounded.
+    pytest.param(
+        {"bad.yaml": 'extends: debian12\nrepos:\n  cuda:\n    description: "CUDA\\u2028deb [trusted=yes] x"\n'},
+        "bad",
+        ["bad.yaml:4: repos.cuda.description:", "control and line-separator characters are not allowed"],
+        id="line-separator-in-free-text",
+    ),
+    pytest.param(
+        {"bad.yaml": 'extends: debian12\nname: "Debian\\x85deb [trusted=yes] x"\n'},
+        "bad",
+        ["bad.yaml:2: name:", "control and line-separator characters are not allowed"],
+        id="next-line-character",
+    ),
+    pytest.param(
+        {"bad.yaml": 'extends: debian12\nretired_keys: ["AE09FE4BBD223A84B2CCFCE3F60F4B3D7FA2AF80\\n"]\n'},
+        "bad",
+        ["bad.yaml:2: retired_keys.0:"],
+        id="trailing-newline-after-a-pattern",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nvars: {a: &a [x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a],"
+                     " c: [*b, *b, *b, *b, *b, *b, *b, *b]}\n"},
+        "bad",
+        ["bad.yaml:2: vars.b.1: YAML anchors and aliases are not allowed"],
+        id="alias-bomb",
+    ),
 ]
 
 
