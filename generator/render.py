@@ -171,6 +171,11 @@ def _static(name: str) -> str:
     return text
 
 
+def check_container_test(plan: Plan) -> bool:
+    """The GPU check's container smoke test runs with docker: on when asked for and docker is configured."""
+    return plan.options.check.container_test and Runtime.DOCKER in plan.options.runtimes
+
+
 def gpu_check_config(plan: Plan) -> str:
     check = plan.options.check
     config = {
@@ -178,7 +183,7 @@ def gpu_check_config(plan: Plan) -> str:
         "driver_branch": plan.driver.branch if plan.driver else None,
         "expected_gpus": check.expected_gpus,
         "require_gpu": check.require_gpu,
-        "container_test": check.container_test and Runtime.DOCKER in plan.options.runtimes,
+        "container_test": check_container_test(plan),
         "container_image": check.container_image,
         "gpus": check.gpus,
         "capabilities": check.capabilities,
@@ -199,6 +204,7 @@ def _context(plan: Plan, what: str) -> dict[str, Any]:
         "gpu_check_program": _static("bakegen-gpu-check.py"),
         "gpu_check_unit": _static("bakegen-gpu-check.service"),
         "gpu_check_config": gpu_check_config(plan),
+        "check_container_test": check_container_test(plan),
     }
 
 

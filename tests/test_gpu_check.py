@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -335,6 +336,30 @@ def test_nvidia_smi_failures_are_classified(stdout: str, error: str | None, code
     assert gpu_check.classify_smi_failure(result)[0] == state
 
 
+def test_a_command_past_its_timeout_never_blocks_the_check(tmp_path: Path) -> None:
+    """A command that outlives its timeout and leaves a descendant holding its output open (as a process stuck in
+    the driver holds it) is killed with its whole session, and the check goes on within the reap bound."""
+    marker = tmp_path / "grandchild-alive"
+    script = f"(trap '' TERM; touch {marker}; sleep 30) & sleep 30"
+    started = time.monotonic()
+    result = gpu_check.run_command(["sh", "-c", script], 1)
+    elapsed = time.monotonic() - started
+    assert result.error == "timeout"
+    assert elapsed < 1 + gpu_check.REAP_TIMEOUT + 2, elapsed
+    assert marker.exists()
+
+
+def test_smoke_test_never_pulls_and_names_a_missing_image(machine: FakeMachine) -> None:
+    missing = "docker: Error response from daemon: No such image: nvidia/cuda:12.9.1-base-ubuntu24.04\n"
+    machine.with_gpus(h200_replies())
+    machine.tool("docker", {DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply(missing, 125)})
+    run = machine.run()
+    assert "--pull=never" in machine.calls("docker")[1]
+    check = run.check("container_smoke_test")
+    assert check["status"] == "fail"
+    assert "is not on this machine (the check never pulls at boot)" in check["detail"]
+
+
 @pytest.mark.parametrize(("bus_id", "normal"), [
     ("00000000:1B:00.0", "0000:1b:00.0"),
     ("0000:1b:00.0", "0000:1b:00.0"),
@@ -582,7 +607,7 @@ def test_smoke_test_runs_the_configured_image_with_gpus_and_capabilities(machine
     run = machine.run("--gpus", "device=0")
     assert machine.calls("docker") == [
         "info --format {{json .Runtimes}}",
-        "run --rm --gpus device=0 -e NVIDIA_DRIVER_CAPABILITIES=compute,utility,video "
+        "run --rm --pull=never --gpus device=0 -e NVIDIA_DRIVER_CAPABILITIES=compute,utility,video "
         "-- nvidia/cuda:12.9.1-base-ubi9 nvidia-smi -L",
     ]
     assert run.check("container_smoke_test")["detail"].startswith("a nvidia/cuda:12.9.1-base-ubi9 container saw 1 GPU")
@@ -805,7 +830,8 @@ def test_the_check_is_fast_without_the_container_test(machine: FakeMachine) -> N
 
 def test_program_is_an_executable_script_with_the_bakegen_banner() -> None:
     lines = PROGRAM.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "#!/usr/bin/env python3"
+    # -I: the check, run as root at boot, reads no PYTHON* variable and no module beside it (issue 16, F14).
+    assert lines[0] == "#!/usr/bin/python3 -I"
     assert "Part of bakegen" in lines[3] and "installs it" in lines[3]
     assert os.access(PROGRAM, os.X_OK)
 
@@ -966,7 +992,7 @@ def test_unit_passes_systemd_analyze_verify(systemd_root: Path) -> None:
 @pytest.mark.parametrize(("old", "new"), [
     ("Type=oneshot", "Type=oneshoot"),
     ("RemainAfterExit=yes", "RemainAfterExt=yes"),
-    ("TimeoutStartSec=15min", "TimeoutStartSec=fifteen"),
+    ("TimeoutStartSec=10min", "TimeoutStartSec=ten"),
 ])
 def test_verify_catches_a_broken_unit(systemd_root: Path, old: str, new: str) -> None:
     text = UNIT.read_text(encoding="utf-8")

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from generator.model import Format
+from generator.plan import CheckOptions
 from tests.helpers import render_files
 from tests.support.mirror import Mirror, Request, key_fingerprints
 from tests.support.vm import BootEnd, VmRun, boot, kill_all_vms
@@ -113,12 +114,15 @@ def record_timings(key: str, entry: dict[str, Any]) -> None:
 
 
 def render_options(mirror: Mirror) -> dict[str, Any]:
-    """`bakegen DISTRO --no-driver --toolkit-version 1.18.1 --mirror ...=URL --key-fingerprint ...=FPR`."""
+    """`bakegen DISTRO --no-driver --toolkit-version 1.18.1 --mirror ...=URL --key-fingerprint ...=FPR
+    --no-container-test`: no registry is reachable from the guest, so the install would only try to pull the
+    smoke test's image in vain (the pull is traced in tests/test_trace.py)."""
     return {
         "mirrors": {REPO_NAME: mirror.base_url_for(GUEST_HOST)},
         "fingerprints": {REPO_NAME: mirror.fingerprint},
         "install_driver": False,
         "toolkit_version": TOOLKIT_VERSION,
+        "check": CheckOptions(container_test=False),
     }
 
 

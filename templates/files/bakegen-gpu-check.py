@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3 -I
 # bakegen-gpu-check: the first-boot NVIDIA GPU check.
 #
 # Part of bakegen, which installs it verbatim as /usr/local/sbin/bakegen-gpu-check, run at every boot by
@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,10 @@ TOOL, VERSION = "bakegen-gpu-check", "1.0.0"
 DEFAULT_CONFIG_PATH = "/etc/bakegen/gpu-check.json"
 SMI_DIRS = ("/usr/bin", "/usr/local/nvidia/bin")
 # Seconds: a hung driver must not hang boot; the smoke test may have to pull its image first.
-NVIDIA_SMI_TIMEOUT, RUNTIME_QUERY_TIMEOUT, SYSTEMCTL_TIMEOUT, CONTAINER_TEST_TIMEOUT = 60, 30, 10, 420
+# The smoke test never pulls (--pull=never: the install script pulls the image), so it takes seconds.
+NVIDIA_SMI_TIMEOUT, RUNTIME_QUERY_TIMEOUT, SYSTEMCTL_TIMEOUT, CONTAINER_TEST_TIMEOUT = 60, 30, 10, 120
+# How long a command that ignored its timeout (and SIGKILL: a process stuck in the driver) is waited for.
+REAP_TIMEOUT = 5
 KNOWN_CAPABILITIES = ("all", "compute", "compat32", "display", "graphics", "utility", "video")
 KNOWN_RUNTIMES = ("docker", "containerd", "crio")
 RUNTIME_COMMANDS = {  # how nvidia-ctk asks each runtime for its configuration
@@ -74,19 +78,30 @@ class CommandResult(collections.namedtuple("CommandResult", "argv returncode std
 
 
 def run_command(argv, timeout):
-    """Run argv without a shell; a missing program, an OS error or a timeout is reported, never raised."""
+    """Run argv without a shell; a missing program, an OS error or a timeout is reported, never raised.
+
+    The command runs in a session of its own: on timeout the whole group is killed, and a process that does not
+    die (stuck in the kernel) or a descendant holding its output open is left behind after REAP_TIMEOUT seconds
+    instead of blocking the check."""
     started, code, out, err, error = time.monotonic(), None, b"", b"", None
     try:
-        # stdout/stderr=PIPE, not capture_output=True: that is Python 3.7+.
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: UP022
-                              stderr=subprocess.PIPE, timeout=timeout, check=False)
-        code, out, err = done.returncode, done.stdout, done.stderr
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
     except FileNotFoundError:
         error = "not-found"
-    except subprocess.TimeoutExpired:
-        error = "timeout"
     except OSError as problem:
         error = str(problem)
+    else:
+        try:
+            out, err = process.communicate(timeout=timeout)
+            code = process.returncode
+        except subprocess.TimeoutExpired:
+            error = "timeout"
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                out, err = process.communicate(timeout=REAP_TIMEOUT)
+            out, err = out or b"", err or b""
     return CommandResult(argv, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), error,
                          time.monotonic() - started)
 
@@ -604,13 +619,16 @@ def check_container(facts, config):
         return "skip", "the container test uses docker, which is not among the configured runtimes"
     if facts.smi_state != "ok":
         return "skip", "nvidia-smi fails on the host; a container cannot do better"
-    result = run_command(["docker", "run", "--rm", "--gpus", config["gpus"], "-e",
+    result = run_command(["docker", "run", "--rm", "--pull=never", "--gpus", config["gpus"], "-e",
                           "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], "--", image, "nvidia-smi", "-L"],
                          CONTAINER_TEST_TIMEOUT)
     if result.error == "not-found":
         return "skip", "docker not installed"
     if result.error == "timeout":
         return "fail", f"`docker run {image}` did not finish within {CONTAINER_TEST_TIMEOUT} s"
+    if result.returncode != 0 and "No such image" in result.output:
+        return "fail", (f"{image} is not on this machine (the check never pulls at boot): bakegen's install script "
+                        f"pulls it; or run `docker pull {image}`")
     if result.returncode != 0:
         return "fail", (f"`docker run ... {image} nvidia-smi -L` failed (exit code {result.returncode}): "
                         + result.first_line())

@@ -39,6 +39,10 @@ readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-bas
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
 readonly CDI=0
+readonly CHECK_CONTAINER_TEST=1
+readonly CHECK_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
+# The GPU check runs with this PATH (as its unit runs it), and within this bound.
+readonly CHECK_PATH=/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
 
 # ---------------------------------------------------------------------------------------------------------
 # Common library: logging, exit codes, dry-run aware actions, downloads, key verification.
@@ -833,7 +837,7 @@ step_runtimes() {
 step_check() {
   step check "first-boot GPU check"
   put_file 0755 /usr/local/sbin/bakegen-gpu-check <<'BAKEGEN_EMBEDDED_FILE_END'
-#!/usr/bin/env python3
+#!/usr/bin/python3 -I
 # bakegen-gpu-check: the first-boot NVIDIA GPU check.
 #
 # Part of bakegen, which installs it verbatim as /usr/local/sbin/bakegen-gpu-check, run at every boot by
@@ -853,6 +857,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -864,7 +869,10 @@ TOOL, VERSION = "bakegen-gpu-check", "1.0.0"
 DEFAULT_CONFIG_PATH = "/etc/bakegen/gpu-check.json"
 SMI_DIRS = ("/usr/bin", "/usr/local/nvidia/bin")
 # Seconds: a hung driver must not hang boot; the smoke test may have to pull its image first.
-NVIDIA_SMI_TIMEOUT, RUNTIME_QUERY_TIMEOUT, SYSTEMCTL_TIMEOUT, CONTAINER_TEST_TIMEOUT = 60, 30, 10, 420
+# The smoke test never pulls (--pull=never: the install script pulls the image), so it takes seconds.
+NVIDIA_SMI_TIMEOUT, RUNTIME_QUERY_TIMEOUT, SYSTEMCTL_TIMEOUT, CONTAINER_TEST_TIMEOUT = 60, 30, 10, 120
+# How long a command that ignored its timeout (and SIGKILL: a process stuck in the driver) is waited for.
+REAP_TIMEOUT = 5
 KNOWN_CAPABILITIES = ("all", "compute", "compat32", "display", "graphics", "utility", "video")
 KNOWN_RUNTIMES = ("docker", "containerd", "crio")
 RUNTIME_COMMANDS = {  # how nvidia-ctk asks each runtime for its configuration
@@ -909,19 +917,30 @@ class CommandResult(collections.namedtuple("CommandResult", "argv returncode std
 
 
 def run_command(argv, timeout):
-    """Run argv without a shell; a missing program, an OS error or a timeout is reported, never raised."""
+    """Run argv without a shell; a missing program, an OS error or a timeout is reported, never raised.
+
+    The command runs in a session of its own: on timeout the whole group is killed, and a process that does not
+    die (stuck in the kernel) or a descendant holding its output open is left behind after REAP_TIMEOUT seconds
+    instead of blocking the check."""
     started, code, out, err, error = time.monotonic(), None, b"", b"", None
     try:
-        # stdout/stderr=PIPE, not capture_output=True: that is Python 3.7+.
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: UP022
-                              stderr=subprocess.PIPE, timeout=timeout, check=False)
-        code, out, err = done.returncode, done.stdout, done.stderr
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
     except FileNotFoundError:
         error = "not-found"
-    except subprocess.TimeoutExpired:
-        error = "timeout"
     except OSError as problem:
         error = str(problem)
+    else:
+        try:
+            out, err = process.communicate(timeout=timeout)
+            code = process.returncode
+        except subprocess.TimeoutExpired:
+            error = "timeout"
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                out, err = process.communicate(timeout=REAP_TIMEOUT)
+            out, err = out or b"", err or b""
     return CommandResult(argv, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), error,
                          time.monotonic() - started)
 
@@ -1439,13 +1458,16 @@ def check_container(facts, config):
         return "skip", "the container test uses docker, which is not among the configured runtimes"
     if facts.smi_state != "ok":
         return "skip", "nvidia-smi fails on the host; a container cannot do better"
-    result = run_command(["docker", "run", "--rm", "--gpus", config["gpus"], "-e",
+    result = run_command(["docker", "run", "--rm", "--pull=never", "--gpus", config["gpus"], "-e",
                           "NVIDIA_DRIVER_CAPABILITIES=" + config["capabilities"], "--", image, "nvidia-smi", "-L"],
                          CONTAINER_TEST_TIMEOUT)
     if result.error == "not-found":
         return "skip", "docker not installed"
     if result.error == "timeout":
         return "fail", f"`docker run {image}` did not finish within {CONTAINER_TEST_TIMEOUT} s"
+    if result.returncode != 0 and "No such image" in result.output:
+        return "fail", (f"{image} is not on this machine (the check never pulls at boot): bakegen's install script "
+                        f"pulls it; or run `docker pull {image}`")
     if result.returncode != 0:
         return "fail", (f"`docker run ... {image} nvidia-smi -L` failed (exit code {result.returncode}): "
                         + result.first_line())
@@ -1687,11 +1709,25 @@ After=docker.service containerd.service crio.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# The program runs as `/usr/bin/python3 -I` (its first line), with a fixed PATH for nvidia-smi and docker.
+Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin
 ExecStart=/usr/local/sbin/bakegen-gpu-check
-# nvidia-smi calls take seconds; the container smoke test may pull its image (at most 420 s).
-TimeoutStartSec=15min
+# Seconds normally (the smoke test never pulls); every command has its own timeout, and this bounds their sum.
+TimeoutStartSec=10min
 StandardOutput=journal+console
 StandardError=journal+console
+# It reads the GPUs (/dev stays as it is) and asks docker; it writes its result and the login message only.
+NoNewPrivileges=yes
+ProtectSystem=full
+ReadWritePaths=-/etc/motd.d
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+UMask=0022
 
 [Install]
 WantedBy=multi-user.target
@@ -1712,12 +1748,28 @@ BAKEGEN_EMBEDDED_FILE_END
   ]
 }
 BAKEGEN_EMBEDDED_FILE_END
+  pull_check_image
   if have systemctl; then
     if [ "$unit_changed" = 1 ] && systemd_running; then run systemctl daemon-reload; fi
     run systemctl enable bakegen-gpu-check.service >/dev/null 2>&1 || note "could not enable bakegen-gpu-check.service"
   else
     note "no systemctl: run /usr/local/sbin/bakegen-gpu-check by hand after boot"
   fi
+}
+
+# The smoke test's image is pulled now, by the install: the check never pulls at boot (docker run --pull=never).
+pull_check_image() {
+  [ "$CHECK_CONTAINER_TEST" = 1 ] || return 0
+  if ! systemd_running || ! have docker; then
+    note "the GPU check's image $CHECK_IMAGE was not pulled (no running docker here): pull it before the check runs"
+    return 0
+  fi
+  if docker image inspect "$CHECK_IMAGE" >/dev/null 2>&1; then
+    log "the GPU check's image $CHECK_IMAGE is present"
+    return 0
+  fi
+  run retry 3 timeout 900 docker pull -q "$CHECK_IMAGE" >/dev/null ||
+    note "could not pull $CHECK_IMAGE: the GPU check's container test fails until it is there"
 }
 
 finish() {
@@ -1736,7 +1788,7 @@ finish() {
     log "dry run done: nothing was changed"
     exit "$EX_OK"
   fi
-  if ! /usr/local/sbin/bakegen-gpu-check; then
+  if ! PATH=$CHECK_PATH timeout -k 10 "$CHECK_TIMEOUT" /usr/local/sbin/bakegen-gpu-check; then
     die "$EX_VERIFY" "the GPU check failed (see /var/lib/bakegen/gpu-check.json)"
   fi
   log "done"

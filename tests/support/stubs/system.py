@@ -378,7 +378,21 @@ def docker(ctx: Ctx) -> int:
             known[name] = {"path": "nvidia-container-runtime"}
         out(json.dumps(dict(sorted(known.items())), separators=(",", ":")))
         return 0
+    images = ctx.state.setdefault("docker_images", [])
+    if ctx.args[:2] == ["image", "inspect"]:
+        missing = [name for name in ctx.args[2:] if name not in images]
+        if missing:
+            raise Fail(1, f"Error response from daemon: No such image: {missing[0]}")
+        out("[]")
+        return 0
+    if ctx.args[:1] == ["pull"]:
+        # The stand-in registry has every image it is asked for (a world with a registry; none models a refusal).
+        images.append(ctx.args[-1])
+        return 0
     if ctx.args[:1] == ["run"]:
+        image = ctx.args[ctx.args.index("--") + 1] if "--" in ctx.args else None
+        if "--pull=never" in ctx.args and image is not None and image not in images:
+            raise Fail(125, f"docker: Error response from daemon: No such image: {image}")
         if "--gpus" in ctx.args and ("nvidia" not in runtimes or "loaded" not in ctx.state):
             raise Fail(125, 'docker: Error response from daemon: could not select device driver "" with capabilities: '
                             "[[gpu]].")
