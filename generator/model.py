@@ -79,6 +79,8 @@ class RepoSpec:
     fingerprint: str  # full 40-hex primary-key fingerprint, upper case
     suite: str = "/"  # apt only; "/" is a flat repository
     components: tuple[str, ...] = ()  # apt only
+    signs_metadata: bool = True  # rpm: repomd.xml is signed (repo_gpgcheck)
+    signs_packages: bool = True  # rpm: each package is signed (gpgcheck)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Repo:
     fingerprint: str
     suite: str
     components: tuple[str, ...]
+    signs_metadata: bool = True
+    signs_packages: bool = True
 
     @property
     def keyring(self) -> str:

@@ -226,6 +226,8 @@ def make_repo(spec: RepoSpec, values: dict[str, str], options: Options) -> Repo:
         fingerprint=options.fingerprints.get(spec.name, spec.fingerprint),
         suite=_fill(spec.suite, values),
         components=tuple(_fill(c, values) for c in spec.components),
+        signs_metadata=spec.signs_metadata,
+        signs_packages=spec.signs_packages,
     )
 
 

@@ -152,6 +152,8 @@ def _repo_add(plan: Plan) -> Callable[[Any], str]:
         words = [repo.name, repo.description, repo.url, repo.key_url, repo.fingerprint]
         if plan.distro.family is Family.APT:
             words += [repo.suite, *repo.components]
+        else:  # what the vendor signs: rpm checks packages (gpgcheck) and/or the metadata (repo_gpgcheck)
+            words += [str(int(repo.signs_packages)), str(int(repo.signs_metadata))]
         return "repo_add " + " \\\n      ".join(quoting.shell(w) for w in words)
 
     return repo_add

@@ -114,6 +114,11 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
                 problem((*where, "module_stream", modules), "a module stream needs packages of the same kind")
         if source.get("module_stream") and "dnf-modules" not in data.get("capabilities", []):
             problem((*where, "module_stream"), "module streams need the `dnf-modules` capability")
+    for name, repo in repos.items():
+        signs = repo.get("signs", {})
+        if signs and not (signs.get("metadata") or signs.get("packages")):
+            never = "a repository is verified through its metadata or its packages: never neither"
+            problem(("repos", name, "signs"), never)
     for name, runtime in data["runtimes"].items():
         if runtime.get("repo") is not None and runtime["repo"] not in repos:
             problem(("runtimes", name, "repo"), f"{runtime['repo']!r} is not one of this descriptor's repos")
@@ -169,6 +174,8 @@ def _build(merged: MergedDescriptor) -> Distro:
             fingerprint=raw["fingerprint"],
             suite=raw.get("suite", "/"),
             components=tuple(raw.get("components", ())),
+            signs_metadata=raw.get("signs", {}).get("metadata", True),
+            signs_packages=raw.get("signs", {}).get("packages", True),
         )
         for name, raw in data["repos"].items()
     }

@@ -156,6 +156,12 @@ BAD_DESCRIPTORS = [
         id="trailing-newline-after-a-pattern",
     ),
     pytest.param(
+        {"bad.yaml": "extends: rhel9\nrepos:\n  epel:\n    signs: {metadata: false, packages: false}\n"},
+        "bad",
+        ["bad.yaml:4: repos.epel.signs: a repository is verified through its metadata or its packages: never neither"],
+        id="repository-verified-by-nothing",
+    ),
+    pytest.param(
         {"bad.yaml": "extends: debian12\nvars: {a: &a [x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a],"
                      " c: [*b, *b, *b, *b, *b, *b, *b, *b]}\n"},
         "bad",

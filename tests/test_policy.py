@@ -179,6 +179,10 @@ def test_every_repository_is_pinned_to_a_full_fingerprint(case: tuple[str, str])
                 assert FINGERPRINT.match(fpr), f"{name}: {fpr!r} is not a full 40-hex fingerprint"
                 assert url.startswith("https://") and key_url.startswith("https://"), (url, key_url)
             assert sorted(set(names)) == sorted(set(names) & set(loaded.repos)), names
+            if loaded.family.value != "apt":
+                # rpm: repo_add ... PKG_CHECK METADATA_CHECK: the packages or the metadata verified, never neither.
+                for call in calls:
+                    assert len(call) == 8 and {call[6], call[7]} <= {"0", "1"} and "1" in call[6:8], call
             if loaded.family.value == "apt":
                 # One keyring per repository, named by it, and only that keyring in the repository's line.
                 assert 'local keyring="/etc/apt/keyrings/$name.gpg"' in script

@@ -337,7 +337,11 @@ class FakeMachine:
         for repo in self.plan.repos:
             url = repo.url.rstrip("/")
             signer = self.keys.key("stranger" if self.faults.get(repo.name) == "repo-other-signer" else repo.name)
-            repos[url] = {"name": repo.name, "signer": signer.fingerprint}
+            # What the vendor signs, as distros/evidence/ shows it (worlds.yaml `signs:`; apt repositories sign
+            # their metadata, InRelease).
+            signs = worlds.get("signs", {}).get(repo.name, {}).get(kind, {"metadata": True, "packages": True})
+            repos[url] = {"name": repo.name, "signer": signer.fingerprint, "signs_metadata": signs["metadata"],
+                          "signs_packages": signs["packages"]}
             offered = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
             if repo.name == "cuda":
                 offered = {**offered, **_expand(profile.get("cuda_extra", {}), values)}

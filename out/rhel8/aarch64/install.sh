@@ -364,10 +364,12 @@ pkg_version() {
   rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' | head -n 1 || true
 }
 
-# Add a signed repository: rpm_repo_add FILE REFRESH_COMMAND NAME DESCRIPTION URL KEY_URL FINGERPRINT EXTRA_SETTINGS
-# The key is verified before rpm trusts it; the repository is refreshed once, and removed if that fails.
+# Add a signed repository: rpm_repo_add FILE REFRESH_COMMAND NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK
+# METADATA_CHECK EXTRA_SETTINGS. The checks (1/0) are what the vendor signs: its packages (gpgcheck) and its
+# metadata (repo_gpgcheck), never neither. The key is verified before rpm trusts it; the repository is refreshed
+# once, and removed if that fails.
 rpm_repo_add() {
-  local file=$1 refresh=$2 name=$3 description=$4 url=$5 key_url=$6 fpr=$7 extra=$8
+  local file=$1 refresh=$2 name=$3 description=$4 url=$5 key_url=$6 fpr=$7 pkg_check=$8 meta_check=$9 extra=${10}
   local key="/etc/pki/rpm-gpg/RPM-GPG-KEY-$name" created_key=0 created_file=0
   [ -e "$key" ] || created_key=1
   [ -e "$file" ] || created_file=1
@@ -375,7 +377,8 @@ rpm_repo_add() {
   install_key "$key_url" "$fpr" "$key" 1
   if [ "$CHANGED" = 1 ]; then run rpm --import "$key"; fi
   printf '# %s (managed by bakegen)\n[%s]\nname=%s\nbaseurl=%s\nenabled=1\n' "$description" "$name" "$description" "$url" |
-    cat - <(printf 'gpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://%s\n%s' "$key" "$extra") | put_file 0644 "$file"
+    cat - <(printf 'gpgcheck=%s\nrepo_gpgcheck=%s\ngpgkey=file://%s\n%s' "$pkg_check" "$meta_check" "$key" "$extra") |
+    put_file 0644 "$file"
   if [ "$CHANGED" = 1 ] && [ "$DRY_RUN" != 1 ]; then
     log "run: refresh $name"
     if ! retry 3 "$refresh" "$name"; then
@@ -436,7 +439,7 @@ pm_install_missing() {
   run retry 3 "${DNF[@]}" install "${names[@]}"
 }
 
-# repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT
+# repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK METADATA_CHECK
 repo_add() { rpm_repo_add "/etc/yum.repos.d/$1.repo" dnf_refresh_repo "$@" ""; }
 
 # Hold installed packages: a module stream already holds the driver's branch; anything else (the driver
@@ -554,12 +557,16 @@ step_driver() {
       'Extra Packages for Enterprise Linux' \
       https://dl.fedoraproject.org/pub/epel/8/Everything/aarch64 \
       https://dl.fedoraproject.org/pub/epel/RPM-GPG-KEY-EPEL-8 \
-      94E279EB8D8F25B21810ADF121EA45AB2F86D6A1
+      94E279EB8D8F25B21810ADF121EA45AB2F86D6A1 \
+      1 \
+      0
   repo_add cuda \
       'NVIDIA CUDA repository (drivers)' \
       https://developer.download.nvidia.com/compute/cuda/repos/rhel8/sbsa \
       https://developer.download.nvidia.com/compute/cuda/repos/rhel8/sbsa/D42D0685.pub \
-      610C7B14E068A878070DA4E99CD0A493D42D0685
+      610C7B14E068A878070DA4E99CD0A493D42D0685 \
+      1 \
+      1
   if [ "${#DRIVER_COMPONENTS[@]}" -gt 0 ]; then ensure_components "${DRIVER_COMPONENTS[@]}"; fi
   if [ "${#DRIVER_PIN[@]}" -gt 0 ]; then pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"; fi
 
@@ -667,7 +674,9 @@ step_toolkit() {
       'NVIDIA Container Toolkit (stable)' \
       https://nvidia.github.io/libnvidia-container/stable/rpm/aarch64 \
       https://nvidia.github.io/libnvidia-container/gpgkey \
-      C95B321B61E88C1809C4F759DDCAE044F796ECB0
+      C95B321B61E88C1809C4F759DDCAE044F796ECB0 \
+      0 \
+      1
   local pkg specs=()
   for pkg in "${TOOLKIT_PACKAGES[@]}"; do specs+=("$(pkg_spec "$pkg" "$TOOLKIT_VERSION")"); done
   if [ -n "$TOOLKIT_VERSION" ]; then
@@ -748,7 +757,9 @@ step_runtimes() {
       'Docker CE' \
       https://download.docker.com/linux/rhel/8/aarch64/stable \
       https://download.docker.com/linux/rhel/gpg \
-      060A61C51B558A7F742B77AAC52FEB6B621E9F35; fi
+      060A61C51B558A7F742B77AAC52FEB6B621E9F35 \
+      1 \
+      0; fi
   configure_runtime docker docker dockerd \
     /etc/docker/daemon.json docker-ce docker-ce-cli containerd.io
   if [ "$CDI" = 1 ]; then

@@ -120,10 +120,16 @@ def check_repo(ctx: Ctx, repo: dict[str, str]) -> str | None:
         return f"Status code: 404 for {baseurl}/repodata/repomd.xml (IP: 192.0.2.1)"
     repo_check = _truthy(repo.get("repo_gpgcheck"), False)
     if ctx.family == "zypper":
-        repo_check = repo_check or _truthy(repo.get("gpgcheck"), True)
+        # zypper: repo_gpgcheck and pkg_gpgcheck, where set, override gpgcheck (which defaults to on).
+        override = repo.get("repo_gpgcheck")
+        repo_check = _truthy(override, False) if override is not None else _truthy(repo.get("gpgcheck"), True)
         trusted = list(ctx.state.get("rpm_keys", {}))
     else:
         trusted = _gpgkey_fprs(repo)
+    if repo_check and not world_repo.get("signs_metadata", True):
+        return ("GPG verification is enabled, but GPG signature is not available. This may be an error or the "
+                f"repository does not support GPG verification: Status code: 404 for {baseurl}/repodata/repomd.xml.asc "
+                "(IP: 192.0.2.1)")
     if repo_check and world_repo["signer"] not in trusted:
         return "repomd.xml GPG signature verification error: Bad GPG signature"
     return None
@@ -274,7 +280,11 @@ def _dnf_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
     for pkg in plan:
         repo = _repo_of(loaded, pkg)
         if repo is not None and _truthy(repo.get("gpgcheck"), True):
-            signer = ctx.world.get("repos", {}).get(pkg["repo"], {}).get("signer")
+            world_repo = ctx.world.get("repos", {}).get(pkg["repo"], {})
+            signer = world_repo.get("signer")
+            if signer and not world_repo.get("signs_packages", True):
+                raise Fail(1, f"Package {pkg['name']}-{pkg['version']}.{pkg.get('arch', 'x86_64')}.rpm is not signed\n"
+                              "Error: GPG check FAILED")
             if signer and signer not in ctx.state.get("rpm_keys", {}):
                 if signer not in _gpgkey_fprs(repo):
                     raise Fail(1, f"Public key for {pkg['name']}-{pkg['version']}.rpm is not installed. Failing "
@@ -472,8 +482,13 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
                 todo.append(dep_best)
     for pkg in todo:
         repo = _repo_of(loaded, pkg)
-        if repo is not None and (_truthy(repo.get("pkg_gpgcheck"), True) or _truthy(repo.get("gpgcheck"), True)):
-            signer = ctx.world.get("repos", {}).get(pkg["repo"], {}).get("signer")
+        check = _truthy(repo["pkg_gpgcheck"], False) if repo and "pkg_gpgcheck" in repo else _truthy(
+            (repo or {}).get("gpgcheck"), True)
+        if repo is not None and check:
+            world_repo = ctx.world.get("repos", {}).get(pkg["repo"], {})
+            signer = world_repo.get("signer")
+            if signer and not world_repo.get("signs_packages", True):
+                raise Fail(8, f"{pkg['name']}-{pkg['version']}.rpm: Signature verification failed [6-No signature]")
             if signer and signer not in ctx.state.get("rpm_keys", {}):
                 raise Fail(8, f"{pkg['name']}-{pkg['version']}.rpm: Signature verification failed [4-Signatures "
                               "public key is not available]")
