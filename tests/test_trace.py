@@ -309,7 +309,7 @@ def _check_driver(scenario: Scenario, fake: FakeMachine, run: Run) -> None:
         assert installed[name].startswith(f"{driver.branch}."), f"{name} {installed[name]}: not branch {driver.branch}"
     if fake.world["family"] == "apt" and driver.source.kind.value == "ubuntu-drivers":
         # Canonical's precompiled, signed modules for the image's kernel: no DKMS build (fact: ubuntu-drivers route).
-        assert fake.exists(f"/lib/modules/{image_kernel}/kernel/nvidia-580srv/nvidia.ko")
+        assert fake.exists(f"/lib/modules/{image_kernel}/kernel/nvidia-{driver.branch}srv/nvidia.ko")
         assert _index(run, r"^dkms ") < 0
         for name in driver.packages:  # the driver's own packages, nvidia-smi among them
             assert name in installed, f"{name} not installed"

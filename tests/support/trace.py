@@ -329,7 +329,10 @@ class FakeMachine:
                     pkg["stream"] = spec["streams"][version]
                 packages.append(pkg)
 
-        for name, spec in _expand(profile.get("archive", {}), values).items():
+        # A release's archive: the profile's, less what the evidence says that release lacks, plus its own.
+        archive = {k: v for k, v in profile.get("archive", {}).items() if k not in overrides.get("archive_drop", [])}
+        archive.update(overrides.get("archive_extra", {}))
+        for name, spec in _expand(archive, values).items():
             add(name, spec, "archive")
         repos: dict[str, dict[str, str]] = {}
         www: dict[str, dict[str, Any]] = {}
