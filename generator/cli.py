@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BakegenError, UsageError
-from .model import Arch, Cloud, Distro, Format, KernelModules, Runtime
+from .model import UNVERIFIED_FINGERPRINT, Arch, Cloud, Distro, Format, KernelModules, Runtime
 from .output import Target, ensure_writable, prune, stale, write_atomically
 from .plan import (
     CheckOptions,
@@ -201,8 +201,12 @@ def run_generate(argv: Sequence[str]) -> int:
     targets: list[Target] = []
     notes: list[str] = []
     rendered_for_stdout: RenderedFile | None = None
+    unverified: dict[str, str] = {}
     for job in jobs:
         plan = make_plan(job.distro, options_from(args, job.arch))
+        for repo in plan.repos:
+            if repo.fingerprint == UNVERIFIED_FINGERPRINT:
+                unverified.setdefault(f"{job.distro.id}'s {repo.name}", repo.name)
         for file in render(plan, job.fmt, env):
             label = f"{job.distro.id}/{job.arch.value}/{file.path}"
             check_rendered(file, label)
@@ -213,6 +217,13 @@ def run_generate(argv: Sequence[str]) -> int:
                 if note:
                     notes.append(note)
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
+    if not args.check:
+        for label, name in unverified.items():
+            print(
+                f"bakegen: note: {label} repository key has no verified fingerprint: the script refuses it until "
+                f"generated with --key-fingerprint {name}=<40 hex digits> (see `bakegen show`)",
+                file=sys.stderr,
+            )
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)
         if problems:

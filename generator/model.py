@@ -35,6 +35,10 @@ class Arch(enum.Enum):
         return self.value
 
 
+# A repository key whose fingerprint no evidence shows: the generated script refuses it until --key-fingerprint.
+UNVERIFIED_FINGERPRINT = "UNVERIFIED"
+
+
 class Format(enum.Enum):
     CLOUD_INIT = "cloud-init"
     SHELL = "shell"
@@ -76,7 +80,7 @@ class RepoSpec:
     base: str  # https URL that a --mirror replaces
     path: str  # below base: the repository itself
     key: str  # below base: the ASCII-armored signing key
-    fingerprint: str  # full 40-hex primary-key fingerprint, upper case
+    fingerprint: str  # full 40-hex primary-key fingerprint, upper case, or UNVERIFIED (the script refuses the key)
     suite: str = "/"  # apt only; "/" is a flat repository
     components: tuple[str, ...] = ()  # apt only
     signs_metadata: bool = True  # rpm: repomd.xml is signed (repo_gpgcheck)
@@ -126,6 +130,7 @@ class DriverSource:
     apt_components: tuple[str, ...] = ()  # archive components the source needs enabled (e.g. non-free)
     module_stream: dict[KernelModules, str] = field(default_factory=dict)  # dnf module streams
     dkms: bool = True  # builds the module with DKMS (unsigned unless a MOK key is enrolled)
+    arches: tuple[Arch, ...] = ()  # the arches it has packages for; empty = all of the distribution's
 
 
 @dataclass(frozen=True)

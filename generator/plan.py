@@ -277,6 +277,13 @@ def _driver_plan(distro: Distro, options: Options) -> DriverPlan:
         known = ", ".join(sorted(distro.driver_sources))
         raise UsageError(f"--driver-source: {distro.id} has no driver source {name!r} (it has: {known})")
     source = distro.driver_sources[name]
+    if source.arches and options.arch not in source.arches:
+        usable = [s for s, src in sorted(distro.driver_sources.items()) if not src.arches or options.arch in src.arches]
+        raise UsageError(
+            f"--arch: {distro.id}'s {name} driver source has no {options.arch.value} packages "
+            f"(only {', '.join(a.value for a in source.arches)})",
+            hint=f"sources for {options.arch.value}: {', '.join(usable)}" if usable else "use --no-driver",
+        )
     version = options.driver_version
     branch = options.driver_branch or (version.split(".")[0] if version else source.default_branch)
     if version and not version.startswith(f"{branch}."):

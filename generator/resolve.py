@@ -161,6 +161,7 @@ def _build(merged: MergedDescriptor) -> Distro:
             apt_components=tuple(raw.get("apt_components", ())),
             module_stream=_modules_map(raw.get("module_stream", {})),
             dkms=raw.get("dkms", True),
+            arches=tuple(Arch(a) for a in raw.get("arches", ())),
         )
         for name, raw in data["driver"]["sources"].items()
     }

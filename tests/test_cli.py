@@ -34,6 +34,23 @@ BAD_INPUTS = [
         "debian12's debian-nonfree source provides branch 535 only",
         id="branch-the-source-lacks",
     ),
+    # Combinations the vendors do not publish (issue 9): refused naming what exists.
+    pytest.param(
+        ["ubuntu20.04", "--driver-branch", "580"],
+        2,
+        "ubuntu20.04's ubuntu-drivers source provides branch 535, 550 only, not 580",
+        id="focal-has-no-580-server",
+    ),
+    pytest.param(
+        ["debian13", "--driver-source", "cuda-repo", "--arch", "aarch64"],
+        2,
+        "debian13's cuda-repo driver source has no aarch64 packages (only x86_64) (sources for aarch64: debian-nonfree",
+        id="no-debian13-sbsa-repo",
+    ),
+    pytest.param(
+        ["fedora43", "--arch", "aarch64"], 2, "fedora43 is not available for aarch64 (available: x86_64)",
+        id="fedora43-sbsa-has-no-driver",
+    ),
     pytest.param(
         ["debian12", "--driver-version", "535.1.2", "--driver-branch", "550", "--driver-source", "cuda-repo"],
         2,

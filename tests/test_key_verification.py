@@ -104,3 +104,24 @@ def test_key_file_is_refused_or_stored_as_the_pinned_key_alone(
     again = tmp_path / "stored-again"
     assert canonical_key(script_functions(distro, tmp_path), out, case.pinned, armor, again) == (0, "")
     assert again.read_bytes() == stored
+
+
+def test_a_key_without_a_verified_fingerprint_is_refused_before_it_is_downloaded(tmp_path: Path) -> None:
+    """fedora43's CUDA key has no fingerprint that evidence shows (distros/fedora43.yaml: UNVERIFIED): the script
+    refuses it, downloading nothing, until it is generated with --key-fingerprint cuda=..."""
+    script = render_script("fedora43")
+    assert "'UNVERIFIED'" in script
+    functions = script_functions("fedora43", tmp_path)
+    driver = (
+        'source "$1"; TMP_DIR=$(mktemp -d); LOG_FILE=/dev/null; '
+        'curl() { echo "curl must not run" >&2; exit 99; }; '
+        'install_key https://developer.download.nvidia.com/compute/cuda/repos/fedora43/x86_64/1940C73E.pub '
+        'UNVERIFIED "$2" 1'
+    )
+    result = subprocess.run(["bash", "-c", driver, "unverified", str(functions), str(tmp_path / "key")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4, result.stderr
+    assert "knows no verified fingerprint" in result.stderr and "--key-fingerprint NAME=" in result.stderr
+    assert not (tmp_path / "key").exists()
+    pinned = render_script("fedora43", fingerprints={"cuda": "0" * 40})
+    assert "'UNVERIFIED'" not in pinned

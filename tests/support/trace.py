@@ -351,7 +351,9 @@ class FakeMachine:
             for name, spec in offered.items():
                 add(name, spec, url)
             fault = self.faults.get(repo.name)
-            www[repo.key_url] = self._key_answer(repo.name, fault)
+            published = worlds["cuda_key_files"].get(self.distro_id, worlds["cuda_key_files"][kind])
+            if repo.name != "cuda" or repo.key_url.rsplit("/", 1)[1] == published:
+                www[repo.key_url] = self._key_answer(repo.name, fault)
             if fault in ("repo-404", "repo-unreachable"):
                 faults[url] = fault.removeprefix("repo-")
         installed = {}

@@ -69,8 +69,12 @@ log() {
   log_raw "$line"
 }
 
-# Append text to the log file (fd 8, see open_log), once it is open.
-log_raw() { if [ "$LOG_OPEN" = 1 ]; then printf '%s\n' "$*" >&8 2>/dev/null || true; fi; }
+# Append text to the log file (fd 8, see open_log); what comes before it is open waits in LOG_PENDING.
+LOG_PENDING=()
+log_raw() {
+  if [ "$LOG_OPEN" = 1 ]; then printf '%s\n' "$*" >&8 2>/dev/null || true
+  elif [ "$DRY_RUN" != 1 ]; then LOG_PENDING+=("$*"); fi
+}
 
 # Open the log for appending as root, once: never through a symlink, never anything but a regular file with one
 # link and root's (/var/log is group-writable on some systems); created 0600 when missing.
@@ -91,6 +95,8 @@ open_log() {
        die "$EX_UNSUPPORTED" "refusing to write the log to $file: not a regular file of root's with one link" ;;
   esac
   LOG_OPEN=1
+  if [ "${#LOG_PENDING[@]}" -gt 0 ]; then printf '%s\n' "${LOG_PENDING[@]}" >&8 2>/dev/null || true; fi
+  LOG_PENDING=()
 }
 
 note() { NOTES+=("$*"); log "note: $*"; }
@@ -272,6 +278,10 @@ verify_key() {
 # that holds anything else (another key besides, secret material, bytes gpg cannot read) is replaced.
 install_key() {
   local url=$1 fpr=$2 dest=$3 armor=$4 raw
+  if [ "$fpr" = UNVERIFIED ]; then
+    die "$EX_VERIFY" "bakegen knows no verified fingerprint for the key at $url; check the key yourself and generate" \
+      "this script again with --key-fingerprint NAME=<its 40 hex digits>; nothing was trusted"
+  fi
   raw=$(mktemp "$TMP_DIR/key.XXXXXX")
   if [ -s "$dest" ]; then
     if canonical_key "$dest" "$fpr" "$armor" "$raw.stored" && cmp -s "$raw.stored" "$dest"; then
