@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BakegenError, UsageError
+from .evidence import unverified_facts
 from .model import UNVERIFIED_FINGERPRINT, Arch, Cloud, Distro, Format, KernelModules, Runtime
 from .output import Target, ensure_writable, prune, stale, write_atomically
 from .plan import (
@@ -318,6 +319,10 @@ def run_show(argv: Sequence[str]) -> int:
     load_distro(descriptors, args.distro)  # reports schema problems
     print(f"# {merged.display}, extends: {' -> '.join(merged.chain[1:]) or 'nothing'}")
     print(yaml.safe_dump(merged.data, sort_keys=False, default_flow_style=False, width=120), end="")
+    unverified = unverified_facts(args.distro, merged.data)
+    print(f"# UNVERIFIED facts (no vendor evidence confirms them; see distros/evidence/): {len(unverified) or 'none'}")
+    for fact, evidence in unverified:
+        print(f"#   {fact}  [{evidence.fact}: {evidence.note or evidence.source}]")
     return 0
 
 
