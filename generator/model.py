@@ -149,6 +149,15 @@ class CloudImage:
 
 
 @dataclass(frozen=True)
+class KernelLine:
+    """Kernels whose version starts with `prefix` (e.g. 6.12) have packages named their own way."""
+
+    prefix: str
+    headers: str  # package-name pattern with {kernel}
+    extra: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Distro:
     """A fully resolved, non-abstract distribution descriptor."""
 
@@ -162,6 +171,7 @@ class Distro:
     arches: tuple[Arch, ...]
     kernel_headers: str  # package-name pattern with {kernel}
     kernel_extra: tuple[str, ...]
+    kernel_lines: tuple[KernelLine, ...]
     base_packages: tuple[str, ...]
     driver_sources: dict[str, DriverSource]
     default_driver_source: str

@@ -18,6 +18,7 @@ from .model import (
     DriverSource,
     DriverSourceKind,
     Family,
+    KernelLine,
     KernelModules,
     RepoSpec,
     Runtime,
@@ -199,6 +200,10 @@ def _build(merged: MergedDescriptor) -> Distro:
         arches=tuple(Arch(a) for a in data["arches"]),
         kernel_headers=data["kernel"]["headers"],
         kernel_extra=tuple(data["kernel"].get("extra", ())),
+        kernel_lines=tuple(
+            KernelLine(prefix, raw["headers"], tuple(raw.get("extra", ())))
+            for prefix, raw in sorted(data["kernel"].get("lines", {}).items())
+        ),
         base_packages=tuple(data["base_packages"]),
         driver_sources=sources,
         default_driver_source=data["driver"]["default_source"],

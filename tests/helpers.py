@@ -51,3 +51,13 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
         check=check,
         timeout=120,
     )
+
+
+def script_functions(distro: str, folder: Path, **options: Any) -> Path:
+    """The generated script of `distro` without its last line (`main "$@"`): sourcing it defines the functions."""
+    script = render_script(distro, **options)
+    body, last = script.rstrip("\n").rsplit("\n", 1)
+    assert last == 'main "$@"'
+    path = folder / f"{distro}-functions.sh"
+    path.write_text(body + "\n")
+    return path

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import render_script
+from tests.helpers import render_script, script_functions
 from tests.support.hostile_keys import KeyFile, build_corpus, packets
 from tests.support.mirror import Gpg, key_fingerprints
+from tests.test_policy import _repo_add_calls
 
 FORMS = {"apt": ("debian12", 0), "rpm": ("rhel9", 1)}  # distribution, ARMOR argument of canonical_key
 
@@ -32,16 +33,6 @@ def corpus() -> Iterator[list[KeyFile]]:
         yield build_corpus(gpg, pinned, attacker)
     finally:
         gpg.close()
-
-
-def script_functions(distro: str, folder: Path) -> Path:
-    """The generated script of `distro` without its last line (`main "$@"`): sourcing it defines the functions."""
-    script = render_script(distro)
-    body, last = script.rstrip("\n").rsplit("\n", 1)
-    assert last == 'main "$@"'
-    path = folder / f"{distro}-functions.sh"
-    path.write_text(body + "\n")
-    return path
 
 
 def canonical_key(functions: Path, key: Path, fingerprint: str, armor: int, out: Path) -> tuple[int, str]:
@@ -110,7 +101,7 @@ def test_a_key_without_a_verified_fingerprint_is_refused_before_it_is_downloaded
     """fedora43's CUDA key has no fingerprint that evidence shows (distros/fedora43.yaml: UNVERIFIED): the script
     refuses it, downloading nothing, until it is generated with --key-fingerprint cuda=..."""
     script = render_script("fedora43")
-    assert "'UNVERIFIED'" in script
+    assert [call[5] for call in _repo_add_calls(script) if call[1] == "cuda"] == ["UNVERIFIED"]
     functions = script_functions("fedora43", tmp_path)
     driver = (
         'source "$1"; TMP_DIR=$(mktemp -d); LOG_FILE=/dev/null; '
@@ -124,4 +115,4 @@ def test_a_key_without_a_verified_fingerprint_is_refused_before_it_is_downloaded
     assert "knows no verified fingerprint" in result.stderr and "--key-fingerprint NAME=" in result.stderr
     assert not (tmp_path / "key").exists()
     pinned = render_script("fedora43", fingerprints={"cuda": "0" * 40})
-    assert "'UNVERIFIED'" not in pinned
+    assert [call[5] for call in _repo_add_calls(pinned) if call[1] == "cuda"] == ["0" * 40]

@@ -682,11 +682,17 @@ initramfs_older_than() {
   return 1
 }
 
+# The header (and extra) package patterns of KERNEL: per kernel line where the distribution names them so.
+kernel_package_patterns() {
+  case $1 in
+    *) printf '%s\n' "$KERNEL_HEADERS" "${KERNEL_EXTRA[@]}" ;;
+  esac
+}
+
 install_kernel_headers() {
-  local kernel extra pkgs=()
+  local kernel pattern pkgs=()
   for kernel in $(target_kernels); do
-    pkgs+=("${KERNEL_HEADERS//\{kernel\}/$kernel}")
-    for extra in "${KERNEL_EXTRA[@]}"; do pkgs+=("${extra//\{kernel\}/$kernel}"); done
+    for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
   pm_install "${pkgs[@]}"
