@@ -322,7 +322,8 @@ def run_show(argv: Sequence[str]) -> int:
     unverified = unverified_facts(args.distro, merged.data)
     print(f"# UNVERIFIED facts (no vendor evidence confirms them; see distros/evidence/): {len(unverified) or 'none'}")
     for fact, evidence in unverified:
-        print(f"#   {fact}  [{evidence.fact}: {evidence.note or evidence.source}]")
+        why = " ".join((evidence.note or evidence.source).split())  # one comment line, whatever the entry holds
+        print(f"#   {fact}  [{evidence.fact}: {why}]")
     return 0
 
 
