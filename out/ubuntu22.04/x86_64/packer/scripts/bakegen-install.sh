@@ -852,6 +852,8 @@ step_runtimes() {
 
 step_check() {
   step check "first-boot GPU check"
+  # The unit keeps /etc read-only for the check (ProtectSystem=full) but its login-message folder: it must exist.
+  if [ "$DRY_RUN" != 1 ]; then mkdir -p /etc/motd.d; fi
   put_file 0755 /usr/local/sbin/bakegen-gpu-check <<'BAKEGEN_EMBEDDED_FILE_END'
 #!/usr/bin/python3 -I
 # bakegen-gpu-check: the first-boot NVIDIA GPU check.
