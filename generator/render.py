@@ -12,7 +12,7 @@ import jinja2
 
 from . import __version__, hclfmt, quoting
 from .errors import BakegenError
-from .model import Cloud, Family, Format, Runtime
+from .model import UNVERIFIED_FINGERPRINT, Cloud, Family, Format, Runtime
 from .paths import data_dir
 from .plan import TOOLKIT_FLOOR, Plan
 
@@ -190,6 +190,15 @@ def gpu_check_config(plan: Plan) -> str:
         "gpus": check.gpus,
         "capabilities": check.capabilities,
         "runtimes": [r.value for r in plan.options.runtimes],
+        # The pinned keys the script stores, for the check to report expiry and revocation.
+        "repository_keys": [
+            {
+                "path": repo.keyring if plan.distro.family is Family.APT else repo.rpm_key_path,
+                "fingerprint": repo.fingerprint,
+            }
+            for repo in plan.repos
+            if repo.fingerprint != UNVERIFIED_FINGERPRINT
+        ],
     }
     return json.dumps(config, indent=2) + "\n"
 

@@ -336,6 +336,48 @@ def test_nvidia_smi_failures_are_classified(stdout: str, error: str | None, code
     assert gpu_check.classify_smi_failure(result)[0] == state
 
 
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """A valid key, a revoked one and an expired one, as files with their pinned fingerprints (real gpg)."""
+    from tests.support.hostile_keys import build_corpus
+    from tests.support.mirror import Gpg
+
+    folder = tmp_path_factory.mktemp("keys")
+    gpg = Gpg()
+    try:
+        pinned = gpg.generate("bakegen PINNED key (throwaway)")
+        corpus = {k.name: k for k in build_corpus(gpg, pinned, gpg.generate("bakegen OTHER key (throwaway)"))}
+    finally:
+        gpg.close()
+    files = {}
+    for name in ("armored", "revoked", "expired"):
+        (folder / name).write_bytes(corpus[name].data)
+        files[name] = (folder / name, corpus[name].pinned)
+    return files
+
+
+@pytest.mark.parametrize(("names", "status", "words"), [
+    (("armored",), "pass", "1 repository key valid"),
+    (("armored", "revoked"), "fail", "is revoked (rerun bakegen's install script"),
+    (("expired",), "fail", "has expired"),
+    ((), "skip", "none of bakegen's repository keys is on this machine"),
+])  # fmt: skip
+def test_repository_keys_revoked_or_expired_are_reported_with_or_without_a_gpu(
+    machine: FakeMachine, key_files: dict[str, tuple[Path, str]], names: tuple[str, ...], status: str, words: str
+) -> None:
+    """Issue 16, F13: the stored keys' expiry and revocation, reported by the check (not required: a warning)."""
+    machine.config = {"repository_keys": [{"path": str(key_files[n][0]), "fingerprint": key_files[n][1]}
+                                          for n in names] + [{"path": "/nonexistent/key", "fingerprint": "A" * 40}]}
+    gpg = shutil.which("gpg")
+    assert gpg is not None
+    (machine.bin / "gpg").symlink_to(gpg)  # the real gpg, on the machine's PATH
+    run = machine.run()
+    check = run.check("repository_keys")
+    assert (check["status"], check["required"]) == (status, False)
+    assert words in check["detail"]
+    assert run.result["status"] == "no-gpu" and run.returncode == 0
+
+
 def test_a_command_past_its_timeout_never_blocks_the_check(tmp_path: Path) -> None:
     """A command that outlives its timeout and leaves a descendant holding its output open (as a process stuck in
     the driver holds it) is killed with its whole session, and the check goes on within the reap bound."""
@@ -401,7 +443,8 @@ SCENARIOS = [
     Scenario("h200 passes", h200_replies(), H200 / "proc-version.txt", ("0000:00:06.0",), (), 0, "pass",
              {"gpu_present": "pass", "kernel_module": "pass", "nvidia_smi": "pass", "driver_version_match": "pass",
               "driver_branch": "skip", "gpu_count": "pass", "persistence_mode": "pass", "ecc_health": "pass",
-              "fabric": "skip", "runtime_docker": "skip", "container_smoke_test": "skip"}, 1),
+              "fabric": "skip", "runtime_docker": "skip", "container_smoke_test": "skip",
+              "repository_keys": "skip"}, 1),
     Scenario("h200 with the header form of the csv", h200_replies("query-gpu.csv"), H200 / "proc-version.txt", (),
              (), 0, "pass", {"gpu_count": "pass"}, 1),
     Scenario("h200 right branch", h200_replies(), H200 / "proc-version.txt", (), ("--driver-branch", "580"), 0,
@@ -750,7 +793,7 @@ def test_missing_default_config_means_defaults(tmp_path: Path, monkeypatch: pyte
     assert gpu_check.CONFIG_DEFAULTS == {
         "schema": 1, "driver_branch": None, "expected_gpus": 0, "require_gpu": False, "container_test": True,
         "container_image": "nvidia/cuda:12.9.1-base-ubuntu24.04", "gpus": "all",
-        "capabilities": "compute,utility", "runtimes": ["docker"]}
+        "capabilities": "compute,utility", "runtimes": ["docker"], "repository_keys": []}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1081,7 +1124,8 @@ def test_device_captures_replayed_here_give_the_same_result(machine: FakeMachine
     assert replay["driver"] == original["driver"]
     assert replay["interconnect"]["topology"] == original["interconnect"]["topology"]
     wanted = {check["name"]: check["status"] for check in original["checks"]}
-    assert {check["name"]: check["status"] for check in replay["checks"]} == wanted
+    # repository_keys came after the captures (2026-11-29); the device machine holds no bakegen key: skip.
+    assert {check["name"]: check["status"] for check in replay["checks"]} == {**wanted, "repository_keys": "skip"}
 
 
 def test_two_gpu_device_run_shows_nvlink_and_a_completed_fabric() -> None:

@@ -1045,7 +1045,14 @@ CONFIG_KEYS = {
                      "expected a comma-separated list of " + ", ".join(KNOWN_CAPABILITIES)),
     "runtimes": (["docker"], lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
                  f"expected a list of runtime names ({', '.join(KNOWN_RUNTIMES)})"),
+    "repository_keys": ([], lambda value: isinstance(value, list) and all(
+        isinstance(item, dict) and sorted(item) == ["fingerprint", "path"] and isinstance(item["path"], str)
+        and item["path"].startswith("/") and isinstance(item["fingerprint"], str)
+        and re.match(r"^[0-9A-F]{40}$", item["fingerprint"]) for item in value),
+        'expected a list of {"path": "/absolute/path", "fingerprint": "<40 hex digits>"}'),
 }
+# A repository key that expires within this many days is reported.
+KEY_EXPIRY_WARNING_DAYS = 30
 CONFIG_DEFAULTS = {key: rule[0] for key, rule in CONFIG_KEYS.items()}
 
 
@@ -1495,6 +1502,59 @@ def check_container(facts, config):
     return "pass", f"a {image} container saw {plural(seen, 'GPU')} ({result.seconds:.1f} s)"
 
 
+def read_key(path, fingerprint):
+    """(validity, expiry) of the primary key FINGERPRINT in the key file PATH, as gpg lists it: validity r
+    (revoked), e (expired) or another letter, expiry a Unix time or None; None when the file holds no such key."""
+    home = tempfile.mkdtemp(prefix="bakegen-gpu-check-gpg-")
+    try:
+        result = run_command(["gpg", "--homedir", home, "--batch", "--quiet", "--no-autostart", "--with-colons",
+                              "--import-options", "show-only", "--import", path], RUNTIME_QUERY_TIMEOUT)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if result.error:
+        raise OSError(result.error)
+    pending = None
+    for line in result.stdout.splitlines():
+        fields = line.split(":")
+        if fields[0] == "pub":
+            pending = (fields[1], int(fields[6]) if len(fields) > 6 and fields[6].isdigit() else None)
+        elif fields[0] == "fpr" and pending is not None:
+            if len(fields) > 9 and fields[9] == fingerprint:
+                return pending
+            pending = None
+    return None
+
+
+def check_repository_keys(facts, config):
+    """The pinned keys bakegen stored for its repositories: present, not revoked, not expired or expiring soon."""
+    keys = [key for key in config["repository_keys"] if os.path.exists(key["path"])]
+    if not keys:
+        return "skip", "none of bakegen's repository keys is on this machine"
+    now, problems = time.time(), []
+    for key in keys:
+        try:
+            found = read_key(key["path"], key["fingerprint"])
+        except OSError as error:
+            if str(error) == "not-found":
+                return "skip", "gpg is not installed"
+            problems.append(f"{key['path']}: cannot read it ({error})")
+            continue
+        if found is None:
+            problems.append(f"{key['path']} does not hold the pinned key {key['fingerprint']}")
+            continue
+        validity, expiry = found
+        if validity == "r":
+            problems.append(f"{key['path']}: key {key['fingerprint']} is revoked")
+        elif validity == "e" or (expiry is not None and expiry <= now):
+            problems.append(f"{key['path']}: key {key['fingerprint']} has expired")
+        elif expiry is not None and expiry - now < KEY_EXPIRY_WARNING_DAYS * 86400:
+            day = time.strftime("%Y-%m-%d", time.gmtime(expiry))
+            problems.append(f"{key['path']}: key {key['fingerprint']} expires on {day}")
+    if problems:
+        return "fail", "; ".join(problems) + " (rerun bakegen's install script to fetch the key again)"
+    return "pass", f"{plural(len(keys), 'repository key')} valid, none expiring within {KEY_EXPIRY_WARNING_DAYS} days"
+
+
 # (name, check, required) after gpu_present; then one runtime_<name> per configured runtime and the smoke test.
 CHECKS = (
     ("kernel_module", check_kernel_module, True), ("nvidia_smi", check_nvidia_smi, True),
@@ -1508,8 +1568,11 @@ def run_checks(facts, config):
     checks = [("gpu_present", check_gpu_present, config["require_gpu"]), *CHECKS]
     checks += [(f"runtime_{name}", functools.partial(check_runtime, name), True) for name in config["runtimes"]]
     verdicts = []
-    for name, check, required in [*checks, ("container_smoke_test", check_container, True)]:
-        if name != "gpu_present" and not facts.gpu_present:
+    # The repository keys are checked with or without a GPU: a host without one still updates its packages.
+    always = ("gpu_present", "repository_keys")
+    for name, check, required in [*checks, ("container_smoke_test", check_container, True),
+                                  ("repository_keys", check_repository_keys, False)]:
+        if name not in always and not facts.gpu_present:
             status, detail = "skip", "no NVIDIA GPU present"
         else:
             try:
@@ -1763,6 +1826,12 @@ BAKEGEN_EMBEDDED_FILE_END
   "capabilities": "compute,utility",
   "runtimes": [
     "docker"
+  ],
+  "repository_keys": [
+    {
+      "path": "/etc/apt/keyrings/nvidia-container-toolkit.gpg",
+      "fingerprint": "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+    }
   ]
 }
 BAKEGEN_EMBEDDED_FILE_END
