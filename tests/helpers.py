@@ -61,3 +61,18 @@ def script_functions(distro: str, folder: Path, **options: Any) -> Path:
     path = folder / f"{distro}-functions.sh"
     path.write_text(body + "\n")
     return path
+
+
+def canonical_key(functions: Path, key: Path, fingerprint: str, armor: int, out: Path) -> tuple[int, str]:
+    """Run the script's canonical_key; its status and the reason it gives."""
+    driver = (
+        f'set -euo pipefail; source "$1"; TMP_DIR=$(mktemp -d); trap \'rm -rf "$TMP_DIR"\' EXIT; '
+        f'rc=0; canonical_key "$2" "$3" {armor} "$4" || rc=$?; printf "%s" "$KEY_PROBLEM"; exit "$rc"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", driver, "canonical-key", str(functions), str(key), fingerprint, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, result.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import render_script, script_functions
+from tests.helpers import canonical_key, render_script, script_functions
 from tests.support.hostile_keys import KeyFile, build_corpus, packets
 from tests.support.mirror import Gpg, key_fingerprints
 from tests.test_policy import _repo_add_calls
@@ -33,21 +33,6 @@ def corpus() -> Iterator[list[KeyFile]]:
         yield build_corpus(gpg, pinned, attacker)
     finally:
         gpg.close()
-
-
-def canonical_key(functions: Path, key: Path, fingerprint: str, armor: int, out: Path) -> tuple[int, str]:
-    """Run the script's canonical_key; its status and the reason it gives."""
-    driver = (
-        f'set -euo pipefail; source "$1"; TMP_DIR=$(mktemp -d); trap \'rm -rf "$TMP_DIR"\' EXIT; '
-        f'rc=0; canonical_key "$2" "$3" {armor} "$4" || rc=$?; printf "%s" "$KEY_PROBLEM"; exit "$rc"'
-    )
-    result = subprocess.run(
-        ["bash", "-c", driver, "canonical-key", str(functions), str(key), fingerprint, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.returncode, result.stdout
 
 
 
