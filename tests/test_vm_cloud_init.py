@@ -455,6 +455,8 @@ def test_cloud_init_second_boot_runs_the_gpu_check(cloud_init_outcome: Outcome) 
     assert (after["status"], after["exit_code"]) == ("no-gpu", 0), after
     checks = {c["name"]: c["status"] for c in after["checks"]}
     assert checks["gpu_present"] == "skip", checks
+    # The stored pinned key is read with the guest's gpg, inside the unit's sandbox, GPU or not.
+    assert checks.pop("repository_keys") == "pass", after["checks"]
     assert set(checks.values()) == {"skip"}, checks
     assert after["config"]["settings"]["runtimes"] == ["docker"], after["config"]
     # Docker came back up with the nvidia runtime registered.
