@@ -218,13 +218,6 @@ def run_generate(argv: Sequence[str]) -> int:
                 if note:
                     notes.append(note)
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
-    if not args.check:
-        for label, name in unverified.items():
-            print(
-                f"bakegen: note: {label} repository key has no verified fingerprint: the script refuses it until "
-                f"generated with --key-fingerprint {name}=<40 hex digits> (see `bakegen show`)",
-                file=sys.stderr,
-            )
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)
         if problems:
@@ -236,6 +229,12 @@ def run_generate(argv: Sequence[str]) -> int:
             )
         print(f"bakegen: {len(targets)} generated files match {args.out}/")
         return 0
+    for label, name in unverified.items():
+        print(
+            f"bakegen: note: {label} repository key has no verified fingerprint: the script refuses it until "
+            f"generated with --key-fingerprint {name}=<40 hex digits> (see `bakegen show`)",
+            file=sys.stderr,
+        )
     if args.stdout:
         assert rendered_for_stdout is not None
         sys.stdout.write(rendered_for_stdout.content)

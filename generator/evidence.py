@@ -42,7 +42,6 @@ class Evidence:
     excerpt: str
     covers: tuple[str, ...]
     note: str = ""
-    file: str = ""
 
 
 def evidence_dir() -> Path:
@@ -50,9 +49,9 @@ def evidence_dir() -> Path:
 
 
 @cache
-def load_evidence(folder: Path | None = None) -> tuple[Evidence, ...]:
+def load_evidence() -> tuple[Evidence, ...]:
     entries: list[Evidence] = []
-    for path in sorted((folder or evidence_dir()).glob("*.yaml")):
+    for path in sorted(evidence_dir().glob("*.yaml")):
         for raw in yaml.safe_load(path.read_text(encoding="utf-8")) or []:
             entries.append(
                 Evidence(
@@ -63,7 +62,6 @@ def load_evidence(folder: Path | None = None) -> tuple[Evidence, ...]:
                     excerpt=str(raw["excerpt"]),
                     covers=tuple(str(c) for c in raw.get("covers", ())),
                     note=str(raw.get("note", "")),
-                    file=f"distros/evidence/{path.name}",
                 )
             )
     return tuple(entries)

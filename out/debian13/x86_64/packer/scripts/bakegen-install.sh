@@ -203,11 +203,13 @@ gpg_in() {
 }
 gpg_tmp() { gpg_in "$(mktemp -d "$TMP_DIR/gnupg.XXXXXX")" "$@"; }
 
+# The primary-key fingerprints in gpg's colon listing on stdin, one per line.
+primary_fingerprints() { awk -F: '$1 == "pub" { want = 1; next } $1 == "fpr" && want { print $10; want = 0 }'; }
+
 # The fingerprints of the primary keys in a key file (armored or binary), one per line; nothing (and
 # success) for a file that holds no key or one gpg cannot read: callers decide what that means.
 key_fingerprints() {
-  { gpg_tmp --with-colons --import-options show-only --import "$1" 2>/dev/null || true; } |
-    awk -F: '$1 == "pub" { want = 1; next } $1 == "fpr" && want { print $10; want = 0 }'
+  { gpg_tmp --with-colons --import-options show-only --import "$1" 2>/dev/null || true; } | primary_fingerprints
 }
 
 # Read the key file FILE (downloaded, or stored by an earlier run) with gpg and write gpg's own minimal export of
@@ -236,7 +238,7 @@ canonical_key() {
     KEY_PROBLEM="gpg cannot read all of it"
     return 1
   fi
-  found=$(printf '%s\n' "$listing" | awk -F: '$1 == "pub" { want = 1; next } $1 == "fpr" && want { print $10; want = 0 }')
+  found=$(printf '%s\n' "$listing" | primary_fingerprints)
   if [ "$found" != "$fpr" ]; then
     KEY_PROBLEM="it has fingerprint ${found:-none} but $fpr is pinned"
     return 1
