@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BakegenError, UsageError
-from .evidence import unverified_facts
+from .evidence import unverified_facts, unverified_offers
 from .model import UNVERIFIED_FINGERPRINT, Arch, Cloud, Distro, Format, KernelModules, Runtime
 from .output import Target, ensure_writable, prune, stale, write_atomically
 from .plan import (
@@ -323,6 +323,10 @@ def run_show(argv: Sequence[str]) -> int:
     for fact, evidence in unverified:
         why = " ".join((evidence.note or evidence.source).split())  # one comment line, whatever the entry holds
         print(f"#   {fact}  [{evidence.fact}: {why}]")
+    listed = {evidence.fact for _, evidence in unverified}
+    for evidence in unverified_offers(args.distro):
+        if evidence.fact not in listed:
+            print(f"#   (what a repository offers) [{evidence.fact}: {' '.join(evidence.value.split())}]")
     return 0
 
 

@@ -6,6 +6,13 @@ branch, a module stream...), written `PATH=VALUE` with list indices as `*`, e.g.
 publishes it, when it was seen, the excerpt, and which facts it `covers` (a cover may be scoped to one
 distribution as `DISTRO:PATH=VALUE`). Entries whose status is `unverified` cover a fact without confirming it:
 `bakegen show` lists those, and a fact no entry covers is a defect (tests/test_evidence.py).
+
+An entry may also say what its excerpt shows a repository *offers*, per distribution and arch: the packages (and
+module streams) it publishes, the key files in its folder, and what it signs. `in` is a repository name of the
+descriptors or `archive` (the distribution's own). Package names may hold `{branch}` (expanded for each of the
+offer's `branches`), `{kernel}` and `{flavour}` (left as written: they match the descriptors' own patterns). The
+evidence walk (tests/test_evidence_walk.py) checks every package, stream, key and signing setting the generated
+provisioning uses against these offers, and the trace harness's stand-in repositories hold exactly what they list.
 """
 
 from __future__ import annotations
@@ -31,6 +38,39 @@ FACT_PATH = re.compile(
     r"|runtimes\.[^.]+\.packages\.\*)$"
 )
 STATUSES = ("verified", "unverified")
+ARCHIVE = "archive"  # an offer's `in` for the distribution's own archive
+ARCHES = ("x86_64", "aarch64")
+OFFER_KEYS = {"in", "distros", "arches", "branches", "packages", "streams", "keys", "signs", "kernels"}
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What one repository publishes for some distributions and arches, as one evidence entry shows it."""
+
+    repo: str  # a descriptor repository name, or ARCHIVE
+    distros: tuple[str, ...]
+    arches: tuple[str, ...]
+    branches: tuple[str, ...] = ()  # the driver branches this offer's {branch} names stand for
+    packages: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # key file names published in the repository's folder
+    signs: tuple[tuple[str, bool], ...] = ()  # (metadata|packages, signed)
+    kernels: tuple[str, ...] = ()  # the kernel lines (e.g. 6.12) whose packages these are; () = every kernel
+
+    def names(self, field_name: str, branch: str | None = None, kernel: str | None = None) -> set[str]:
+        """The offer's packages or streams, {branch} expanded (for `branch`, or every branch of the offer); with
+        `kernel`, only an offer for that kernel line (or for every kernel) names any."""
+        values: tuple[str, ...] = getattr(self, field_name)
+        if kernel is not None and self.kernels and kernel not in self.kernels:
+            return set()
+        branches = self.branches if branch is None else (branch,) if branch in self.branches else ()
+        found: set[str] = set()
+        for value in values:
+            if "{branch}" in value:
+                found.update(value.replace("{branch}", b) for b in branches)
+            elif branch is None or not self.branches or branch in self.branches:
+                found.add(value)
+        return found
 
 
 @dataclass(frozen=True)
@@ -42,6 +82,8 @@ class Evidence:
     excerpt: str
     covers: tuple[str, ...]
     note: str = ""
+    offers: tuple[Offer, ...] = ()
+    value: str = ""  # what the excerpt shows, in a line
 
 
 def evidence_dir() -> Path:
@@ -62,9 +104,38 @@ def load_evidence() -> tuple[Evidence, ...]:
                     excerpt=str(raw["excerpt"]),
                     covers=tuple(str(c) for c in raw.get("covers", ())),
                     note=str(raw.get("note", "")),
+                    offers=tuple(_offer(raw["fact"], o) for o in raw.get("offers", ())),
+                    value=str(raw.get("value", "")),
                 )
             )
     return tuple(entries)
+
+
+def _offer(fact: str, raw: dict[str, Any]) -> Offer:
+    unknown = set(raw) - OFFER_KEYS
+    if unknown or "in" not in raw or "distros" not in raw:
+        raise ValueError(f"distros/evidence: {fact}: an offer needs `in` and `distros` (unknown: {sorted(unknown)})")
+
+    def strings(key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return tuple(str(v) for v in raw.get(key, default))
+
+    return Offer(
+        repo=str(raw["in"]),
+        distros=strings("distros"),
+        arches=strings("arches", ARCHES),
+        branches=strings("branches"),
+        packages=strings("packages"),
+        streams=strings("streams"),
+        keys=strings("keys"),
+        signs=tuple((str(k), bool(v)) for k, v in dict(raw.get("signs", {})).items()),
+        kernels=strings("kernels"),
+    )
+
+
+def offers(distro_id: str, arch: str, repo: str) -> list[tuple[Offer, Evidence]]:
+    """What the evidence shows `repo` offering to `distro_id` on `arch`, with the entry that shows it."""
+    return [(offer, entry) for entry in load_evidence() for offer in entry.offers
+            if offer.repo == repo and distro_id in offer.distros and arch in offer.arches]
 
 
 def facts(data: dict[str, Any]) -> Iterator[str]:
@@ -99,3 +170,9 @@ def unverified_facts(distro_id: str, data: dict[str, Any]) -> list[tuple[str, Ev
         if cover and all(e.status != "verified" for e in cover):
             found.append((fact, cover[0]))
     return found
+
+
+def unverified_offers(distro_id: str) -> list[Evidence]:
+    """Unverified entries whose offers the evidence walk relies on for this distribution (e.g. where dkms comes
+    from): no descriptor value states them, so unverified_facts cannot list them."""
+    return [e for e in load_evidence() if e.status != "verified" and any(distro_id in o.distros for o in e.offers)]

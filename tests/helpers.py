@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import subprocess
@@ -9,16 +10,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from generator.model import Arch, Format
+from generator.descriptors import MergedDescriptor
+from generator.model import Arch, Distro, Format
 from generator.plan import Options, make_plan
 from generator.render import RenderedFile, render
-from generator.resolve import descriptor_set, load_all, load_distro
+from generator.resolve import _build, descriptor_set, load_all, load_distro
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def all_distro_ids() -> list[str]:
     return [d.id for d in load_all(descriptor_set())]
+
+
+def descriptor_with(distro_id: str, *changes: tuple[str, Any]) -> Distro:
+    """The distribution with each dotted path of its merged descriptor set to a value (None removes the key):
+    a vendor error put back to show that a test names it."""
+    merged = descriptor_set().merged(distro_id)
+    data = copy.deepcopy(merged.data)
+    for path, value in changes:
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return _build(MergedDescriptor(merged.id, merged.display, data, merged.lines, merged.chain))
 
 
 def matrix() -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from generator.cli import main
-from generator.evidence import STATUSES, covering, facts, load_evidence, unverified_facts
+from generator.evidence import STATUSES, covering, facts, load_evidence, unverified_facts, unverified_offers
 from generator.resolve import descriptor_set
 from tests.helpers import all_distro_ids
 
@@ -56,3 +56,10 @@ def test_readme_names_each_distributions_unverified_facts(distro_id: str) -> Non
     assert row is not None, f"README's distribution table has no row for {distro_id}"
     for _, evidence in unverified_facts(distro_id, descriptor_set().merged(distro_id).data):
         assert evidence.fact in row, f"README's row for {distro_id} does not name unverified {evidence.fact}"
+    for evidence in unverified_offers(distro_id):
+        assert evidence.fact in row, f"README's row for {distro_id} does not name unverified {evidence.fact}"
+
+
+def test_show_lists_the_unverified_offers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "sles15"]) == 0
+    assert "(what a repository offers) [sles15.packagehub_for_dkms:" in capsys.readouterr().out

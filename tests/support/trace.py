@@ -18,6 +18,12 @@ How the fake root works (and why this way):
   host through a mount) and a PID namespace. In "bake" mode PID 1 stays outside the chroot, which is what the
   script's in_chroot() detects (image build in a chroot); in "booted" mode the script itself is PID 1 inside the
   root and /run/systemd/system exists: a running system with systemd, where services may be restarted.
+- What the world's repositories hold comes from the vendor evidence (distros/evidence/, generator/evidence.py:
+  offers): a stand-in repository holds exactly the packages and module streams the evidence shows it offering
+  that distribution and arch, serves only the key files its folder publishes (any other key URL is a 404) and
+  signs its metadata and packages as the vendor does. worlds.yaml only describes how a package behaves when
+  installed (versions, commands, units, DKMS), and the image's own base tools (its `installed` packages and the
+  descriptor's base_packages), which are hand-written and no vendor fact.
 A run takes about a second; a machine is a few hundred small files.
 """
 
@@ -41,7 +47,8 @@ from typing import Any
 
 import yaml
 
-from generator.model import Arch, Family
+from generator.evidence import ARCHIVE, offers
+from generator.model import Arch, Distro, Family
 from generator.plan import Options, Plan, make_plan
 from generator.render import make_environment
 from generator.render import render_script as _render_script_text
@@ -184,6 +191,7 @@ class Machine:
     version_id: str | None = None  # /etc/os-release VERSION_ID; default: the descriptor's
     secure_boot: bool = False
     files: Mapping[str, str | None] = field(default_factory=dict)  # extra files (None deletes the world's)
+    kernel_vr: str | None = None  # the image's kernel (rpm version-release); default: the world profile's
 
 
 # Faults, by repository name: what the network answers for its key or its metadata.
@@ -259,14 +267,15 @@ class FakeMachine:
     """One target machine: its root, its world, its script. Use as a context manager (removes everything)."""
 
     def __init__(self, base: Path, keys: KeyRing, distro_id: str, machine: Machine | None = None,
-                 faults: Mapping[str, str] | None = None, mirrors: bool = False, **options: Any) -> None:
+                 faults: Mapping[str, str] | None = None, mirrors: bool = False, descriptor: Distro | None = None,
+                 **options: Any) -> None:
         self.distro_id = distro_id
         self.machine = machine or Machine()
         self.faults = dict(faults or {})
         self.keys = keys
         self.root = Path(tempfile.mkdtemp(prefix=f"{distro_id}-", dir=base))
         self.root.chmod(0o755)  # it becomes "/": everyone must be able to traverse it
-        distro = load_distro(descriptor_set(), distro_id)
+        distro = descriptor or load_distro(descriptor_set(), distro_id)  # a changed descriptor, or distros/'s
         if isinstance(options.get("arch"), str):
             options["arch"] = Arch(options["arch"])
         self.distro = distro
@@ -292,7 +301,7 @@ class FakeMachine:
     # ---- the world ----
     def _values(self, profile: dict[str, Any]) -> dict[str, str]:
         arch = self.plan.arch
-        kernel_vr = str(profile.get("image_kernel_vr", ""))
+        kernel_vr = str(self.machine.kernel_vr or profile.get("image_kernel_vr", ""))
         kernel = str(profile.get("image_kernel") or f"{kernel_vr}.{arch.value}")
         return {"kernel": kernel, "kernel_vr": kernel_vr, "arch": arch.value, "deb_arch": arch.deb,
                 "codename": self.distro.codename, "version_id": self.distro.version_id,
@@ -312,10 +321,28 @@ class FakeMachine:
         family = self.distro.family
         kind = "apt" if family is Family.APT else "rpm"
         packages: list[dict[str, Any]] = []
+        arch = values["arch"]
 
-        def add(name: str, spec: dict[str, Any], repo: str) -> None:
+        def published(repo: str, field_name: str) -> set[str]:
+            """What the evidence shows `repo` offering this distribution and arch, placeholders filled. On rpm
+            systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it). Packages
+            of a kernel line (offer.kernels) are published where the image runs a kernel of that line."""
+            names = {n for offer, _ in offers(self.distro_id, arch, repo) for n in offer.names(field_name)
+                     if not offer.kernels or any(values["kernel"].startswith(f"{k}.") for k in offer.kernels)}
+            if kind == "rpm":
+                names = {n.removesuffix("-{kernel}") for n in names}
+            return {_expand(n, values) for n in names}
+
+        streams = published(self.distro.repos["cuda"].name, "streams") if "cuda" in self.distro.repos else set()
+
+        def add(name: str, spec: dict[str, Any], repo: str, allowed: set[str]) -> None:
+            if name not in allowed:
+                return  # the evidence does not show this repository publishing it: it cannot be installed
             for version in spec["versions"]:
-                pkg: dict[str, Any] = {"name": name, "version": version, "repo": repo, "arch": values["arch"]}
+                stream = spec.get("streams", {}).get(version)
+                if profile.get("modular") and stream is not None and stream not in streams:
+                    continue  # a module stream the evidence does not show: its packages are not published either
+                pkg: dict[str, Any] = {"name": name, "version": version, "repo": repo, "arch": arch}
                 for key in ("component", "epoch", "requires", "conflicts", "bins", "units"):
                     if key in spec:
                         pkg[key] = spec[key]
@@ -325,34 +352,35 @@ class FakeMachine:
                     pkg["headers"] = values["kernel"]
                 if spec.get("kmod"):
                     pkg["kmod"] = {**spec["kmod"], "kernel": values["kernel"]}
-                if profile.get("modular") and version in spec.get("streams", {}):
-                    pkg["stream"] = spec["streams"][version]
+                if profile.get("modular") and stream is not None:
+                    pkg["stream"] = stream
                 packages.append(pkg)
 
-        # A release's archive: the profile's, less what the evidence says that release lacks, plus its own.
-        archive = {k: v for k, v in profile.get("archive", {}).items() if k not in overrides.get("archive_drop", [])}
+        # The image's base tools (hand-written, no vendor fact) and what the evidence shows its archive publishing.
+        base = set(_expand([*profile.get("installed", []), *self.distro.base_packages], values))
+        archive = {k: v for k, v in profile.get("archive", {}).items()}
         archive.update(overrides.get("archive_extra", {}))
         for name, spec in _expand(archive, values).items():
-            add(name, spec, "archive")
+            add(name, spec, "archive", base | published(ARCHIVE, "packages"))
         repos: dict[str, dict[str, str]] = {}
         www: dict[str, dict[str, Any]] = {}
         faults: dict[str, str] = {}
         for repo in self.plan.repos:
             url = repo.url.rstrip("/")
             signer = self.keys.key("stranger" if self.faults.get(repo.name) == "repo-other-signer" else repo.name)
-            # What the vendor signs, as distros/evidence/ shows it (worlds.yaml `signs:`; apt repositories sign
-            # their metadata, InRelease).
-            signs = worlds.get("signs", {}).get(repo.name, {}).get(kind, {"metadata": True, "packages": True})
-            repos[url] = {"name": repo.name, "signer": signer.fingerprint, "signs_metadata": signs["metadata"],
-                          "signs_packages": signs["packages"]}
-            offered = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
-            if repo.name == "cuda":
-                offered = {**offered, **_expand(profile.get("cuda_extra", {}), values)}
-            for name, spec in offered.items():
-                add(name, spec, url)
+            # What the vendor signs, as the evidence shows it; where it is silent, the least (apt repositories
+            # always sign their metadata, InRelease).
+            signs = dict(s for offer, _ in offers(self.distro_id, arch, repo.name) for s in offer.signs)
+            if kind == "apt":
+                signs = {"metadata": True, "packages": False}
+            repos[url] = {"name": repo.name, "signer": signer.fingerprint,
+                          "signs_metadata": signs.get("metadata", False),
+                          "signs_packages": signs.get("packages", False)}
+            behaviour = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
+            for name, spec in behaviour.items():
+                add(name, spec, url, published(repo.name, "packages"))
             fault = self.faults.get(repo.name)
-            published = worlds["cuda_key_files"].get(self.distro_id, worlds["cuda_key_files"][kind])
-            if repo.name != "cuda" or repo.key_url.rsplit("/", 1)[1] == published:
+            if repo.key_url.rsplit("/", 1)[1] in published(repo.name, "keys"):  # any other key file: 404
                 www[repo.key_url] = self._key_answer(repo.name, fault)
             if fault in ("repo-404", "repo-unreachable"):
                 faults[url] = fault.removeprefix("repo-")

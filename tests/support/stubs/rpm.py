@@ -366,15 +366,15 @@ def _dnf_versionlock(ctx: Ctx, rest: list[str]) -> int:
             if not found:
                 err(f'No package found for "{spec}".')
                 continue
-            pkg = found[0]
-            evr = f"{pkg.get('epoch') or 0}:{pkg['version']}"
-            if any(lock["name"] == pkg["name"] and lock["evr"] == evr for lock in locks):
-                err(f'Package "{spec}" is already locked.' if dnf5 else
-                    f"Package already locked in equivalent form: {pkg['name']}-{evr}.*")
-                continue
-            locks.append({"name": pkg["name"], "evr": evr})
-            out(f'Adding versionlock on "{pkg["name"]} = {evr}".' if dnf5
-                else f"Adding versionlock on: {pkg['name']}-{evr}.*")
+            for pkg in found:  # a glob locks every installed package it matches
+                evr = f"{pkg.get('epoch') or 0}:{pkg['version']}"
+                if any(lock["name"] == pkg["name"] and lock["evr"] == evr for lock in locks):
+                    err(f'Package "{spec}" is already locked.' if dnf5 else
+                        f"Package already locked in equivalent form: {pkg['name']}-{evr}.*")
+                    continue
+                locks.append({"name": pkg["name"], "evr": evr})
+                out(f'Adding versionlock on "{pkg["name"]} = {evr}".' if dnf5
+                    else f"Adding versionlock on: {pkg['name']}-{evr}.*")
         return 0
     raise Fail(1, f"dnf stub: does not model `versionlock {words[0]}`")
 

@@ -462,6 +462,16 @@ pm_hold_installed() {
     log "$name: held by its module stream $DRIVER_MODULE_STREAM"
     return 0
   fi
+  if [ "$name" = nvidia-driver ]; then
+    # NVIDIA's version lock (driver installation guide, "Version locking"; evidence driver.versionlock): every
+    # installed package of the branch, not only the ones named here.
+    if dnf -q versionlock list 2>/dev/null | grep -q ":$DRIVER_BRANCH\."; then
+      log "$name already held"
+    else
+      run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"
+    fi
+    return 0
+  fi
   local pkg held=()
   for pkg in "$@"; do
     if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)"; then
