@@ -53,7 +53,7 @@ class LegacyStrip:
 
 
 # What the compatibility copy for Packer < 1.7 leaves out, besides plugins.pkr.hcl. A build of a source that
-# would lose one of these is refused: they are security settings.
+# would lose one of these is refused: they are security settings, or what the cloud requires.
 LEGACY_STRIPPED = (
     LegacyStrip(
         "amazon-ebs",
@@ -64,6 +64,11 @@ LEGACY_STRIPPED = (
         "amazon-ebs",
         "imds_support",
         "IMDSv2-only instances from the AMI: added to the amazon plugin after Packer 1.6.6",
+    ),
+    LegacyStrip(
+        "azure-arm",
+        "public_ip_sku",
+        "a Standard-SKU public IP (Azure creates no Basic ones): Packer 1.6.6's built-in azure-arm does not know it",
     ),
 )
 

@@ -50,6 +50,8 @@ STRIPPED_FOR_PACKER_1_6 = {
     "for the build instance); the amazon plugin has it",
     ("amazon-ebs", "imds_support"): "1.6.6's built-in amazon-ebs has no imds_support (IMDSv2-only AMIs); "
     "the amazon plugin has it",
+    ("azure-arm", "public_ip_sku"): "1.6.6's built-in azure-arm has no public_ip_sku; the azure plugin v2.1.7 has "
+    "it (builder/azure/arm/config.go:643), and Azure creates no Basic-SKU public IPs, its default before v2.2.0",
 }
 
 
@@ -155,14 +157,11 @@ def test_stripping_removes_exactly_those_fields(rendered: dict[str, Path]) -> No
     text = (rendered["debian12-x86_64"] / "sources.pkr.hcl").read_text()
     stripped, _ = strip_legacy_fields(text)
     before, after = pygohcl.loads(text)["source"], pygohcl.loads(stripped)["source"]
-    aws_before = dict(before["amazon-ebs"]["gpu"])
-    for _, field in STRIPPED_FOR_PACKER_1_6:
-        assert field in aws_before
-        del aws_before[field]
-    assert after["amazon-ebs"]["gpu"] == aws_before
-    assert {k: v for k, v in after.items() if k != "amazon-ebs"} == {
-        k: v for k, v in before.items() if k != "amazon-ebs"
-    }
+    expected = {source: dict(blocks["gpu"]) for source, blocks in before.items()}
+    for source, field in STRIPPED_FOR_PACKER_1_6:
+        assert field in expected[source]
+        del expected[source][field]
+    assert {source: blocks["gpu"] for source, blocks in after.items()} == expected
 
 
 def test_packer_1_6_rejects_what_the_copy_leaves_out(rendered: dict[str, Path], tmp_path: Path) -> None:
@@ -495,3 +494,48 @@ def test_bakegen_packer_validate_works_with_debians_packer(tmp_path: Path) -> No
                           "image_name=Not_Valid"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert bad.returncode == 1, "a failing packer validate fails bakegen"
     assert "image_name must be 3 to 20 characters" in bad.stdout + bad.stderr
+
+
+# ---- the clouds' rules (packer audit P1, P2, P12) -------------------------------------------------------
+
+# GCP label values: lowercase letters, digits, underscores and dashes, at most 63 characters
+# (cloud.google.com/compute/docs/labeling-resources; googlecompute v1.1.6 passes image_labels unchanged to
+# images.insert, which refuses others at the end of a build).
+GCP_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+
+def _gcp_label_values(folder: Path) -> dict[str, str]:
+    """The image labels as GCP receives them: the locals' values through the source's own expression, which is
+    checked to be exactly the one evaluated here (lower, every other character to -, 63 characters)."""
+    text = (folder / "sources.pkr.hcl").read_text()
+    expression = 'substr(regex_replace(lower(value), "[^a-z0-9_-]", "-"), 0, 63)'
+    rule = f"= {{ for key, value in local.image_labels : key => {expression} }}"
+    assert re.search(r"image_labels +" + re.escape(rule), text)
+    labels = load(folder, "sources.pkr.hcl")["locals"]["image_labels"]
+    return {key: re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63] for key, value in labels.items()}
+
+
+GCP_IDS = [f"{d}-{a}" for d, a in MATRIX if Cloud.GCP in load_distro(descriptor_set(), d).clouds]
+
+
+@pytest.mark.parametrize("name", GCP_IDS)
+def test_gcp_label_values_are_what_gcp_accepts(rendered: dict[str, Path], name: str) -> None:
+    values = _gcp_label_values(rendered[name])
+    assert values and all(GCP_LABEL_VALUE.fullmatch(v) for v in values.values()), values
+    assert " " in str(load(rendered[name], "sources.pkr.hcl")["locals"]["image_labels"]["driver"]), \
+        "the driver label has spaces: the rule is exercised"
+
+
+def test_gcp_gpu_machines_stop_for_host_maintenance(rendered: dict[str, Path]) -> None:
+    """GPUs cannot live-migrate: TERMINATE with an attached accelerator or an accelerator-optimized type."""
+    gcp = load(rendered["debian12-x86_64"], "sources.pkr.hcl")["source"]["googlecompute"]["gpu"]
+    expression = str(gcp["on_host_maintenance"])
+    assert 'var.gcp_accelerator_type != ""' in expression and "(a2|a3|a4|g2|g4)-" in expression
+    assert expression.rstrip("}").endswith('"TERMINATE" : "MIGRATE"'), expression
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_azure_asks_for_a_standard_public_ip(rendered: dict[str, Path], name: str) -> None:
+    sources = load(rendered[name], "sources.pkr.hcl")["source"]
+    if "azure-arm" in sources:
+        assert sources["azure-arm"]["gpu"]["public_ip_sku"] == "Standard"

@@ -14,12 +14,6 @@ aws_region        = "us-east-1"
 aws_instance_type = "g5g.xlarge"
 aws_kms_key_id    = ""
 
-# Google Compute Engine.
-gcp_project_id       = "my-gpu-project"
-gcp_zone             = "us-central1-a"
-gcp_machine_type     = "t2a-standard-4"
-gcp_accelerator_type = ""
-
 # Microsoft Azure (log in with `az login`, or set azure_client_id and PKR_VAR_azure_client_secret).
 azure_subscription_id = "00000000-0000-0000-0000-000000000000"
 azure_resource_group  = "bakegen-images"

@@ -74,29 +74,6 @@ source "amazon-ebs" "gpu" {
   snapshot_tags = merge(local.image_labels, { Name = local.image_name })
 }
 
-# ---- Google Compute Engine --------------------------------------------------------------------------
-
-source "googlecompute" "gpu" {
-  project_id              = var.gcp_project_id
-  zone                    = var.gcp_zone
-  machine_type            = var.gcp_machine_type
-  source_image_family     = "ubuntu-2004-lts-arm64"
-  source_image_project_id = ["ubuntu-os-cloud"]
-  disk_size               = var.root_volume_gb
-  disk_type               = "pd-balanced"
-  image_name              = local.image_name
-  image_description       = local.image_description
-  image_family            = "${var.image_name}-${local.image_slug}"
-  image_labels            = { for key, value in local.image_labels : key => replace(lower(value), ".", "-") }
-  ssh_username            = var.ssh_username
-  # A GPU needs the machine to stop for host maintenance; without one it can migrate.
-  accelerator_type    = var.gcp_accelerator_type == "" ? null : "projects/${var.gcp_project_id}/zones/${var.gcp_zone}/acceleratorTypes/${var.gcp_accelerator_type}"
-  accelerator_count   = var.gcp_accelerator_type == "" ? null : var.gcp_accelerator_count
-  on_host_maintenance = var.gcp_accelerator_type == "" ? "MIGRATE" : "TERMINATE"
-  # DKMS-built NVIDIA modules are not signed by a key Secure Boot trusts.
-  enable_secure_boot = false
-}
-
 # ---- Microsoft Azure --------------------------------------------------------------------------------
 
 source "azure-arm" "gpu" {
@@ -111,6 +88,9 @@ source "azure-arm" "gpu" {
   image_publisher    = "Canonical"
   image_offer        = "0001-com-ubuntu-server-focal"
   image_sku          = "20_04-lts-arm64"
+  # Azure creates no Basic-SKU public IPs since 2025-03-31, the azure plugin's default before v2.2.0
+  # (packer-plugin-azure v2.1.7 builder/azure/arm/config.go:643, public_ip_sku).
+  public_ip_sku = "Standard"
 
   managed_image_name                = local.image_name
   managed_image_resource_group_name = var.azure_resource_group

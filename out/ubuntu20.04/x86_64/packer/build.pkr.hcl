@@ -9,7 +9,6 @@
 build {
   sources = [
     "source.amazon-ebs.gpu",
-    "source.googlecompute.gpu",
     "source.azure-arm.gpu",
     "source.qemu.gpu",
   ]

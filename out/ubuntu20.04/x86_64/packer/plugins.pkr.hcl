@@ -13,10 +13,6 @@ packer {
       source  = "github.com/hashicorp/amazon"
       version = "= 1.3.3"
     }
-    googlecompute = {
-      source  = "github.com/hashicorp/googlecompute"
-      version = "= 1.1.6"
-    }
     azure = {
       source  = "github.com/hashicorp/azure"
       version = "= 2.1.7"

@@ -78,58 +78,6 @@ variable "aws_kms_key_id" {
   }
 }
 
-# ---- Google Compute Engine ----------------------------------------------------------------------------
-
-variable "gcp_project_id" {
-  type        = string
-  description = "Google Cloud project to build in (required to build for gcp)."
-  default     = ""
-  validation {
-    condition     = var.gcp_project_id == "" || regex_replace(var.gcp_project_id, "^[a-z][a-z0-9-]{4,28}[a-z0-9]$", "") == ""
-    error_message = "The gcp_project_id must be a project id (6 to 30 lower-case letters, digits, hyphens)."
-  }
-}
-
-variable "gcp_zone" {
-  type        = string
-  description = "Google Cloud zone to build in (one that has the accelerator, if you ask for one)."
-  default     = "us-central1-a"
-  validation {
-    condition     = regex_replace(var.gcp_zone, "^[a-z]+-[a-z]+[0-9]+-[a-z]$", "") == ""
-    error_message = "The gcp_zone must be a zone name such as us-central1-a."
-  }
-}
-
-variable "gcp_machine_type" {
-  type        = string
-  description = "Build machine type. A GPU needs an N1 type with gcp_accelerator_type (e.g. n1-standard-4) or an accelerator-optimized type (A2, G2...)."
-  default     = "n2-standard-4"
-  validation {
-    condition     = regex_replace(var.gcp_machine_type, "^[a-z0-9]+-[a-z0-9-]+$", "") == ""
-    error_message = "The gcp_machine_type must be a machine type such as n2-standard-4."
-  }
-}
-
-variable "gcp_accelerator_type" {
-  type        = string
-  description = "GPU attached to the build machine (e.g. nvidia-tesla-t4); empty: none, the GPU check then records \"no GPU present\"."
-  default     = ""
-  validation {
-    condition     = var.gcp_accelerator_type == "" || regex_replace(var.gcp_accelerator_type, "^nvidia-[a-z0-9-]+$", "") == ""
-    error_message = "The gcp_accelerator_type must be empty or an NVIDIA accelerator type such as nvidia-tesla-t4."
-  }
-}
-
-variable "gcp_accelerator_count" {
-  type        = number
-  description = "How many gcp_accelerator_type GPUs the build machine gets."
-  default     = 1
-  validation {
-    condition     = contains([1, 2, 4, 8], var.gcp_accelerator_count)
-    error_message = "The gcp_accelerator_count must be 1, 2, 4 or 8."
-  }
-}
-
 # ---- Microsoft Azure ----------------------------------------------------------------------------------
 
 variable "azure_subscription_id" {

@@ -80,19 +80,22 @@ source "googlecompute" "gpu" {
   project_id              = var.gcp_project_id
   zone                    = var.gcp_zone
   machine_type            = var.gcp_machine_type
-  source_image_family     = "ubuntu-2204-lts-amd64"
+  source_image_family     = "ubuntu-2204-lts"
   source_image_project_id = ["ubuntu-os-cloud"]
   disk_size               = var.root_volume_gb
   disk_type               = "pd-balanced"
   image_name              = local.image_name
   image_description       = local.image_description
   image_family            = "${var.image_name}-${local.image_slug}"
-  image_labels            = { for key, value in local.image_labels : key => replace(lower(value), ".", "-") }
-  ssh_username            = var.ssh_username
-  # A GPU needs the machine to stop for host maintenance; without one it can migrate.
+  # GCP label values: lowercase letters, digits, _ and - only, at most 63 characters (images.insert refuses
+  # anything else, at the very end of a build).
+  image_labels = { for key, value in local.image_labels : key => substr(regex_replace(lower(value), "[^a-z0-9_-]", "-"), 0, 63) }
+  ssh_username = var.ssh_username
+  # A GPU needs the machine to stop for host maintenance ("VMs with attached GPUs can't be live migrated"): an
+  # attached accelerator, or an accelerator-optimized machine type (A2, A3, A4, G2, G4 carry their GPUs).
   accelerator_type    = var.gcp_accelerator_type == "" ? null : "projects/${var.gcp_project_id}/zones/${var.gcp_zone}/acceleratorTypes/${var.gcp_accelerator_type}"
   accelerator_count   = var.gcp_accelerator_type == "" ? null : var.gcp_accelerator_count
-  on_host_maintenance = var.gcp_accelerator_type == "" ? "MIGRATE" : "TERMINATE"
+  on_host_maintenance = var.gcp_accelerator_type != "" || can(regex("^(a2|a3|a4|g2|g4)-", var.gcp_machine_type)) ? "TERMINATE" : "MIGRATE"
   # DKMS-built NVIDIA modules are not signed by a key Secure Boot trusts.
   enable_secure_boot = false
 }
@@ -111,6 +114,9 @@ source "azure-arm" "gpu" {
   image_publisher    = "Canonical"
   image_offer        = "0001-com-ubuntu-server-jammy"
   image_sku          = "22_04-lts-gen2"
+  # Azure creates no Basic-SKU public IPs since 2025-03-31, the azure plugin's default before v2.2.0
+  # (packer-plugin-azure v2.1.7 builder/azure/arm/config.go:643, public_ip_sku).
+  public_ip_sku = "Standard"
 
   managed_image_name                = local.image_name
   managed_image_resource_group_name = var.azure_resource_group
