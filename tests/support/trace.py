@@ -333,7 +333,7 @@ class FakeMachine:
                 names = {n.removesuffix("-{kernel}") for n in names}
             return {_expand(n, values) for n in names}
 
-        streams = published(self.distro.repos["cuda"].name, "streams") if "cuda" in self.distro.repos else set()
+        streams = published("cuda", "streams")  # NVIDIA's module streams (modular worlds only)
 
         def add(name: str, spec: dict[str, Any], repo: str, allowed: set[str]) -> None:
             if name not in allowed:
@@ -358,7 +358,7 @@ class FakeMachine:
 
         # The image's base tools (hand-written, no vendor fact) and what the evidence shows its archive publishing.
         base = set(_expand([*profile.get("installed", []), *self.distro.base_packages], values))
-        archive = {k: v for k, v in profile.get("archive", {}).items()}
+        archive = dict(profile.get("archive", {}))
         archive.update(overrides.get("archive_extra", {}))
         for name, spec in _expand(archive, values).items():
             add(name, spec, "archive", base | published(ARCHIVE, "packages"))
