@@ -52,6 +52,15 @@ BAD_INPUTS = [
         id="fedora43-sbsa-has-no-driver",
     ),
     pytest.param(
+        ["amzn2023", "--arch", "aarch64"], 2, "amzn2023 is not available for aarch64 (available: x86_64)",
+        id="amzn2023-sbsa-dkms-unverified",
+    ),
+    pytest.param(
+        ["packer", "ubuntu20.04", "--cloud", "gcp", "validate"], 2,
+        "ubuntu20.04 has no base image for gcp (it has: aws, azure, qemu)",
+        id="focal-left-gcp",
+    ),
+    pytest.param(
         ["debian12", "--driver-version", "535.1.2", "--driver-branch", "550", "--driver-source", "cuda-repo"],
         2,
         "--driver-version: 535.1.2 is not on branch 550",
