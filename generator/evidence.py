@@ -35,7 +35,9 @@ FACT_PATH = re.compile(
     r"|toolkit\.packages\.\*"
     r"|driver\.sources\.[^.]+\.(packages\.[^.]+\.\*|module_stream\.[^.]+|branches\.\*|default_branch|arches\.\*"
     r"|apt_components\.\*)"
-    r"|runtimes\.[^.]+\.packages\.\*)$"
+    r"|runtimes\.[^.]+\.packages\.\*"
+    r"|cloud\.(aws|gcp|azure)\.(ami_name|owner|root_device|kernel_line|kernel_lines\.\*|image_family|image_project"
+    r"|publisher|offer|sku|plan|min_os_disk_gb)(\.(x86_64|aarch64))?)$"
 )
 STATUSES = ("verified", "unverified")
 ARCHIVE = "archive"  # an offer's `in` for the distribution's own archive

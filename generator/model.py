@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Family(enum.Enum):
@@ -145,7 +146,7 @@ class RuntimeSupport:
 @dataclass(frozen=True)
 class CloudImage:
     cloud: Cloud
-    settings: dict[str, str | dict[str, str]]  # a value, or one per arch
+    settings: dict[str, Any]  # a value, or one per arch (strings); a few are lists, numbers, flags
 
 
 @dataclass(frozen=True)

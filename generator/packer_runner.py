@@ -70,6 +70,10 @@ LEGACY_STRIPPED = (
         "public_ip_sku",
         "a Standard-SKU public IP (Azure creates no Basic ones): Packer 1.6.6's built-in azure-arm does not know it",
     ),
+    *(
+        LegacyStrip("qemu", field, "UEFI for an arm64 guest: Packer 1.6.6's built-in qemu boots BIOS only")
+        for field in ("efi_boot", "efi_firmware_code", "efi_firmware_vars", "efi_drop_efivars")
+    ),
 )
 
 

@@ -24,6 +24,12 @@ TOOLKIT_FLOOR = (1, 17, 8)
 # From this branch on, NVIDIA's open kernel modules are the default (and Blackwell needs them).
 OPEN_MODULES_FROM_BRANCH = 560
 DEFAULT_CONTAINER_IMAGE = "nvidia/cuda:12.9.1-base-ubuntu24.04"
+# packer-plugin-azure#287/#366/#367 ("Creating an image with sourceVirtualMachine source that has CPU Architecture
+# 'Arm64' is not supported"); packer audit P3.
+AZURE_NO_ARM64 = (
+    "Azure cannot capture an Arm64 VM as a managed image (only into an Azure Compute Gallery, "
+    "which bakegen does not build yet)"
+)
 CAPABILITIES = ("all", "compute", "utility", "graphics", "video", "display", "compat32")
 
 _BRANCH_RE = re.compile(r"^[0-9]{3}$")
@@ -251,6 +257,10 @@ def make_plan(distro: Distro, options: Options) -> Plan:
         if (support := distro.runtimes[runtime]).repo is not None
     }
     available = (*distro.clouds, Cloud.QEMU)  # qemu starts from a base image the user supplies
+    if options.arch is Arch.AARCH64:
+        if options.clouds and Cloud.AZURE in options.clouds:
+            raise UsageError(f"--cloud azure: {AZURE_NO_ARM64}", hint="for aarch64 use --cloud aws, gcp or qemu")
+        available = tuple(c for c in available if c is not Cloud.AZURE)
     if options.clouds is None:
         clouds = tuple(c for c in Cloud if c in available)
     else:

@@ -270,6 +270,8 @@ def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[Rend
         "cloud_setting": _cloud_setting(plan),
         "machines": PACKER_BUILD_MACHINES[plan.arch.value],
         "aws_arch": placeholder_values(plan.distro, plan.arch)["aws_arch"],
+        "aws": plan.distro.clouds[Cloud.AWS].settings if Cloud.AWS in plan.distro.clouds else {},
+        "azure": plan.distro.clouds[Cloud.AZURE].settings if Cloud.AZURE in plan.distro.clouds else {},
         "image_slug": slug,
         "qemu_example_image": f"{slug}-base.qcow2",
         "driver_label": (
@@ -289,11 +291,11 @@ def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[Rend
 def _cloud_setting(plan: Plan) -> Callable[[Cloud, str], str]:
     from .plan import placeholder_values
 
-    values = placeholder_values(plan.distro, plan.arch)
+    values = {**placeholder_values(plan.distro, plan.arch), "kernel_line": "{kernel_line}"}  # Packer fills it
 
     def cloud_setting(cloud: Cloud, key: str) -> str:
         raw = plan.distro.clouds[cloud].settings[key]
         value = raw[plan.arch.value] if isinstance(raw, dict) else raw
-        return value.format_map(values)
+        return str(value).format_map(values)
 
     return cloud_setting

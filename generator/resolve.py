@@ -29,6 +29,7 @@ from .model import (
 # {branch} is filled in when a plan is made, since the branch is chosen then; the rest follow from arch.
 BUILTIN_PLACEHOLDERS = frozenset({"arch", "deb_arch", "cuda_arch", "aws_arch", "branch", "codename", "version_id"})
 KERNEL_PLACEHOLDER = "kernel"  # filled in by the generated script, per target kernel
+AWS_KERNEL_LINE_PLACEHOLDER = "kernel_line"  # filled in by Packer, from the aws_kernel_line variable
 # Characters no descriptor string may hold: controls (a newline too), and what some readers take for a line break
 # (U+0085, U+2028, U+2029): one reaching a script or user-data could start a line of its own there.
 _UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -123,6 +124,12 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
     for name, runtime in data["runtimes"].items():
         if runtime.get("repo") is not None and runtime["repo"] not in repos:
             problem(("runtimes", name, "repo"), f"{runtime['repo']!r} is not one of this descriptor's repos")
+    aws = data.get("cloud", {}).get("aws", {})
+    if "kernel_lines" in aws:
+        if aws.get("kernel_line") not in aws["kernel_lines"]:
+            problem(("cloud", "aws", "kernel_line"), f"{aws.get('kernel_line')!r} is not among kernel_lines")
+        if "{" + AWS_KERNEL_LINE_PLACEHOLDER + "}" not in str(aws["ami_name"]):
+            problem(("cloud", "aws", "ami_name"), "kernel_lines needs {kernel_line} in ami_name: one line on purpose")
     known = BUILTIN_PLACEHOLDERS | set(data.get("vars", {}))
     for path, text in _strings(data):
         if _UNPRINTABLE_RE.search(text):
@@ -131,6 +138,8 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
         if path == ("name",) or path[-1] == "description":
             continue  # free text, never formatted
         allowed = known | {KERNEL_PLACEHOLDER} if path[:1] == ("kernel",) else known
+        if path[:3] == ("cloud", "aws", "ami_name") and "kernel_lines" in aws:
+            allowed = allowed | {AWS_KERNEL_LINE_PLACEHOLDER}
         try:
             unknown = _placeholders(text) - allowed
         except ValueError:

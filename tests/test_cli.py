@@ -61,6 +61,11 @@ BAD_INPUTS = [
         id="focal-left-gcp",
     ),
     pytest.param(
+        ["packer", "debian12", "--arch", "aarch64", "--cloud", "azure", "validate"], 2,
+        "--cloud azure: Azure cannot capture an Arm64 VM as a managed image",
+        id="azure-arm64-needs-a-gallery",
+    ),
+    pytest.param(
         ["debian12", "--driver-version", "535.1.2", "--driver-branch", "550", "--driver-source", "cuda-repo"],
         2,
         "--driver-version: 535.1.2 is not on branch 550",

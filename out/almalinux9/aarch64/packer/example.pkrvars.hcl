@@ -20,12 +20,6 @@ gcp_zone             = "us-central1-a"
 gcp_machine_type     = "t2a-standard-4"
 gcp_accelerator_type = ""
 
-# Microsoft Azure (log in with `az login`, or set azure_client_id and PKR_VAR_azure_client_secret).
-azure_subscription_id = "00000000-0000-0000-0000-000000000000"
-azure_resource_group  = "bakegen-images"
-azure_location        = "eastus"
-azure_vm_size         = "Standard_D4ps_v5"
-
 # QEMU: a local cloud image; http/ holds the NoCloud seed (user-data authorizing the key below, meta-data).
 qemu_base_image          = "almalinux9-aarch64-base.qcow2"
 qemu_base_image_checksum = "none" # an image you built; for a downloaded one: "sha256:<its published sum>"

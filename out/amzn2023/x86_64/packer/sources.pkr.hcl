@@ -38,7 +38,8 @@ source "amazon-ebs" "gpu" {
   # The distribution's official images, from its publisher's account only.
   source_ami_filter {
     filters = {
-      name                = "al2023-ami-2023.*-kernel-*-x86_64"
+      # One kernel line on purpose (var.aws_kernel_line), never whichever line AWS published last.
+      name                = replace("al2023-ami-2023.*-kernel-{kernel_line}-x86_64", "{kernel_line}", var.aws_kernel_line)
       architecture        = "x86_64"
       virtualization-type = "hvm"
       root-device-type    = "ebs"

@@ -58,6 +58,16 @@ variable "aws_instance_type" {
   }
 }
 
+variable "aws_kernel_line" {
+  type        = string
+  description = "The kernel line of the base AMI (its name says kernel-<line>): one on purpose, never whichever AWS published last. 6.12 is what AWS's GPU AMIs use (Deep Learning Base OSS Nvidia Driver GPU AMI, EKS NVIDIA AMIs); the install script installs the headers of whichever line it runs."
+  default     = "6.12"
+  validation {
+    condition     = contains(["6.1", "6.12", "6.18"], var.aws_kernel_line)
+    error_message = "The aws_kernel_line must be one of 6.1, 6.12, 6.18."
+  }
+}
+
 variable "aws_subnet_id" {
   type        = string
   description = "Subnet to build in; empty: the default VPC's."

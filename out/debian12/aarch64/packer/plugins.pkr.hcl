@@ -17,10 +17,6 @@ packer {
       source  = "github.com/hashicorp/googlecompute"
       version = "= 1.1.6"
     }
-    azure = {
-      source  = "github.com/hashicorp/azure"
-      version = "= 2.1.7"
-    }
     qemu = {
       source  = "github.com/hashicorp/qemu"
       version = "= 1.1.0"

@@ -130,65 +130,6 @@ variable "gcp_accelerator_count" {
   }
 }
 
-# ---- Microsoft Azure ----------------------------------------------------------------------------------
-
-variable "azure_subscription_id" {
-  type        = string
-  description = "Azure subscription to build in (required to build for azure)."
-  default     = ""
-  validation {
-    condition     = var.azure_subscription_id == "" || regex_replace(var.azure_subscription_id, "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", "") == ""
-    error_message = "The azure_subscription_id must be a GUID."
-  }
-}
-
-variable "azure_client_id" {
-  type        = string
-  description = "Service principal's application (client) id; empty: use the Azure CLI's login (az login)."
-  default     = ""
-  validation {
-    condition     = var.azure_client_id == "" || regex_replace(var.azure_client_id, "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", "") == ""
-    error_message = "The azure_client_id must be empty or a GUID."
-  }
-}
-
-variable "azure_client_secret" {
-  type        = string
-  description = "Service principal's secret. Pass it as PKR_VAR_azure_client_secret, never in a file."
-  default     = ""
-  sensitive   = true
-}
-
-variable "azure_resource_group" {
-  type        = string
-  description = "Resource group that receives the managed image."
-  default     = "bakegen-images"
-  validation {
-    condition     = regex_replace(var.azure_resource_group, "^[-A-Za-z0-9_.()]{1,89}[-A-Za-z0-9_()]$", "") == ""
-    error_message = "The azure_resource_group must be a resource group name."
-  }
-}
-
-variable "azure_location" {
-  type        = string
-  description = "Azure region to build in, e.g. eastus."
-  default     = "eastus"
-  validation {
-    condition     = regex_replace(var.azure_location, "^[a-z0-9]+$", "") == ""
-    error_message = "The azure_location must be a region name such as eastus."
-  }
-}
-
-variable "azure_vm_size" {
-  type        = string
-  description = "Build VM size. An N-series size (e.g. none for this arch) has a GPU; others bake the same image without one."
-  default     = "Standard_D4ps_v5"
-  validation {
-    condition     = regex_replace(var.azure_vm_size, "^Standard_[A-Za-z0-9_]+$", "") == ""
-    error_message = "The azure_vm_size must be a VM size such as Standard_D4s_v5."
-  }
-}
-
 # ---- QEMU (local) -------------------------------------------------------------------------------------
 
 variable "qemu_base_image" {
@@ -266,6 +207,18 @@ variable "qemu_ssh_timeout" {
     condition     = regex_replace(var.qemu_ssh_timeout, "^[0-9]+[smh]$", "") == ""
     error_message = "The qemu_ssh_timeout must be a duration such as 30m."
   }
+}
+
+variable "qemu_efi_firmware_code" {
+  type        = string
+  description = "UEFI firmware for the arm64 guest (Debian: apt-get install qemu-efi-aarch64)."
+  default     = "/usr/share/AAVMF/AAVMF_CODE.fd"
+}
+
+variable "qemu_efi_firmware_vars" {
+  type        = string
+  description = "The UEFI variable store template that goes with qemu_efi_firmware_code (copied for the build)."
+  default     = "/usr/share/AAVMF/AAVMF_VARS.fd"
 }
 
 variable "qemu_extra_args" {

@@ -38,12 +38,12 @@ source "amazon-ebs" "gpu" {
   # The distribution's official images, from its publisher's account only.
   source_ami_filter {
     filters = {
-      name                = "suse-sles-15-sp*-v*-hvm-ssd-x86_64"
+      name                = "suse-sles-15-sp?-v????????-hvm-ssd-x86_64"
       architecture        = "x86_64"
       virtualization-type = "hvm"
       root-device-type    = "ebs"
     }
-    owners      = ["amazon"]
+    owners      = ["013907871322"]
     most_recent = true
   }
 

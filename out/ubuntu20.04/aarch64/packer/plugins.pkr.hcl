@@ -13,10 +13,6 @@ packer {
       source  = "github.com/hashicorp/amazon"
       version = "= 1.3.3"
     }
-    azure = {
-      source  = "github.com/hashicorp/azure"
-      version = "= 2.1.7"
-    }
     qemu = {
       source  = "github.com/hashicorp/qemu"
       version = "= 1.1.0"

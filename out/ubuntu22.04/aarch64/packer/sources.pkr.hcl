@@ -100,29 +100,6 @@ source "googlecompute" "gpu" {
   enable_secure_boot = false
 }
 
-# ---- Microsoft Azure --------------------------------------------------------------------------------
-
-source "azure-arm" "gpu" {
-  subscription_id    = var.azure_subscription_id
-  client_id          = var.azure_client_id
-  client_secret      = var.azure_client_secret
-  use_azure_cli_auth = var.azure_client_id == ""
-  location           = var.azure_location
-  vm_size            = var.azure_vm_size
-  os_type            = "Linux"
-  os_disk_size_gb    = var.root_volume_gb
-  image_publisher    = "Canonical"
-  image_offer        = "0001-com-ubuntu-server-jammy"
-  image_sku          = "22_04-lts-arm64"
-  # Azure creates no Basic-SKU public IPs since 2025-03-31, the azure plugin's default before v2.2.0
-  # (packer-plugin-azure v2.1.7 builder/azure/arm/config.go:643, public_ip_sku).
-  public_ip_sku = "Standard"
-
-  managed_image_name                = local.image_name
-  managed_image_resource_group_name = var.azure_resource_group
-  azure_tags                        = local.image_labels
-}
-
 # ---- QEMU: a local qcow2 cloud image --------------------------------------------------------------------
 
 source "qemu" "gpu" {
@@ -135,9 +112,17 @@ source "qemu" "gpu" {
   disk_interface   = "virtio"
   net_device       = "virtio-net"
   accelerator      = var.qemu_accelerator
-  memory           = var.qemu_memory_mb
-  cpus             = var.qemu_cpus
-  headless         = true
+  # An arm64 guest: the aarch64 emulator, the virt machine and UEFI (Debian's qemu-efi-aarch64 firmware);
+  # the plugin's defaults are qemu-system-x86_64 and pc.
+  qemu_binary       = "qemu-system-aarch64"
+  machine_type      = "virt"
+  efi_boot          = true
+  efi_firmware_code = var.qemu_efi_firmware_code
+  efi_firmware_vars = var.qemu_efi_firmware_vars
+  efi_drop_efivars  = true
+  memory            = var.qemu_memory_mb
+  cpus              = var.qemu_cpus
+  headless          = true
   # The seed server listens on loopback only (the guest reaches it through QEMU's user network as 10.0.2.2).
   http_directory    = var.qemu_http_directory
   http_bind_address = "127.0.0.1"
