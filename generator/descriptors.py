@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,13 +62,9 @@ def _schema() -> dict[str, Any]:
     return loaded
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
-
-
 def _compose(text: str, display: str) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=_LineLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -214,12 +210,6 @@ class DescriptorSet:
             chain.append(parent)
             current = self.raw(parent)
         return chain
-
-    def iter_merged(self, include_abstract: bool = False) -> Iterator[MergedDescriptor]:
-        for descriptor_id in self.ids():
-            merged = self.merged(descriptor_id)
-            if include_abstract or not merged.abstract:
-                yield merged
 
 
 def schema_problems(merged: MergedDescriptor) -> list[str]:

@@ -35,6 +35,3 @@ class DescriptorError(BakegenError):
         self.problems = sorted(set(problems))
         super().__init__("; ".join(self.problems))
 
-
-class ValidationFailed(BakegenError):
-    """A generated file failed a validator."""

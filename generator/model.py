@@ -12,10 +12,6 @@ class Family(enum.Enum):
     DNF = "dnf"
     ZYPPER = "zypper"
 
-    @property
-    def is_rpm(self) -> bool:
-        return self is not Family.APT
-
 
 class Arch(enum.Enum):
     X86_64 = "x86_64"
@@ -30,10 +26,6 @@ class Arch(enum.Enum):
     def cuda(self) -> str:
         """The folder name in NVIDIA's CUDA repositories (arm64 servers are `sbsa`)."""
         return {Arch.X86_64: "x86_64", Arch.AARCH64: "sbsa"}[self]
-
-    @property
-    def rpm(self) -> str:
-        return self.value
 
 
 # A repository key whose fingerprint no evidence shows: the generated script refuses it until --key-fingerprint.
@@ -110,11 +102,6 @@ class Repo:
     @property
     def rpm_key_path(self) -> str:
         return f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{self.name}"
-
-    @property
-    def apt_line(self) -> str:
-        tail = " ".join((self.suite, *self.components))
-        return f"deb [signed-by={self.keyring}] {self.url} {tail}"
 
 
 @dataclass(frozen=True)

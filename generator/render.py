@@ -83,7 +83,6 @@ class FileKind:
     SHELL = "shell"
     CLOUD_CONFIG = "cloud-config"
     HCL = "hcl"
-    JSON = "json"
 
 
 @dataclass(frozen=True)
