@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import textwrap
 import time
 from collections.abc import Iterator
@@ -126,9 +127,9 @@ def render_options(mirror: Mirror) -> dict[str, Any]:
     }
 
 
-def cloud_init_user_data(distro: str, mirror: Mirror) -> str:
+def cloud_init_user_data(distro: str, mirror: Mirror, arch: str = "x86_64") -> str:
     """bakegen's cloud-init output, exactly as a user gets it."""
-    (user_data,) = render_files(distro, Format.CLOUD_INIT, **render_options(mirror))
+    (user_data,) = render_files(distro, Format.CLOUD_INIT, arch=arch, **render_options(mirror))
     return user_data.content
 
 
@@ -361,7 +362,7 @@ def assert_clean_boot(outcome: Outcome, run: VmRun) -> None:
     assert "bakegen-gpu-check" not in only.read_result("failed-units.txt"), summary
 
 
-def assert_toolkit_installed(outcome: Outcome, mirror: Mirror) -> None:
+def assert_toolkit_installed(outcome: Outcome, mirror: Mirror, deb_arch: str = "amd64") -> None:
     """The repository and its key verified and installed, the four packages at the pin, docker knows nvidia."""
     summary = outcome.summary()
     run = outcome.first
@@ -373,7 +374,7 @@ def assert_toolkit_installed(outcome: Outcome, mirror: Mirror) -> None:
     assert key_fingerprints((outcome.state / "keyrings" / f"{REPO_NAME}.gpg").read_bytes()) == [mirror.fingerprint]
     # the source: signed-by that keyring only
     source = (outcome.state / "sources.list.d" / f"{REPO_NAME}.list").read_text()
-    assert f"deb [signed-by={KEYRING}] {base_url}/stable/deb/amd64 /" in source.splitlines(), source
+    assert f"deb [signed-by={KEYRING}] {base_url}/stable/deb/{deb_arch} /" in source.splitlines(), source
     pin = (outcome.state / "preferences.d" / f"bakegen-{REPO_NAME}").read_text()
     assert f"Pin: version {TOOLKIT_DEB_VERSION}" in pin, pin
 
@@ -385,7 +386,7 @@ def assert_toolkit_installed(outcome: Outcome, mirror: Mirror) -> None:
     guest_requests = [r for r in outcome.requests if r.host == f"{GUEST_HOST}:{mirror.port}"]
     assert guest_requests and len(guest_requests) == len(outcome.requests), outcome.requests
     debs = sorted(p.rsplit("/", 1)[1] for p in mirror_downloads(outcome) if p.endswith(".deb"))
-    assert debs == sorted(f"{p}_{TOOLKIT_DEB_VERSION}_amd64.deb" for p in TOOLKIT_PACKAGES), debs
+    assert debs == sorted(f"{p}_{TOOLKIT_DEB_VERSION}_{deb_arch}.deb" for p in TOOLKIT_PACKAGES), debs
 
     # the runtime: nvidia-ctk configured docker, bakegen restarted Debian's docker.io, dockerd knows nvidia
     daemon = json.loads((outcome.state / "docker" / "daemon.json").read_text())
@@ -573,3 +574,33 @@ def test_no_driver_script_has_no_reboot_trigger() -> None:
                 assert any('require_reboot "the nouveau driver is loaded"' in call for call in calls), calls
             else:
                 assert calls == [], calls
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. arm64 under full emulation (on request: `pytest -m emulated`; see docs/vm-tests.md for the host set-up)
+
+
+@pytest.fixture(scope="module")
+def arm64_outcome(
+    standin_mirror_session: Mirror, vm_image_factory: ImageFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outcome]:
+    """bakegen's debian12 aarch64 user-data on an arm64 Debian 12 image, qemu-system-aarch64 (virt, TCG)."""
+    if shutil.which("qemu-system-aarch64") is None or not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        pytest.fail("the arm64 boot needs: apt-get install qemu-system-arm qemu-user-static binfmt-support arch-test, "
+                    "and binfmt_misc mounted (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)")
+    started = time.monotonic()
+    image = vm_image_factory("bookworm", extra_ca=[standin_mirror_session.ca_pem], arch="arm64")
+    record_timings("image/bookworm-arm64", {"seconds": round(time.monotonic() - started, 1), "key": image.key})
+    mirror = standin_mirror_session
+    mirror.set_mode("normal")
+    user_data = cloud_init_user_data("debian12", mirror, arch="aarch64")
+    yield boot_user_data(image, user_data, mirror, tmp_path_factory.mktemp("cloud-init-arm64"),
+                         release="bookworm", kind="cloud-init-arm64", boots=1)
+
+
+@pytest.mark.emulated
+def test_arm64_cloud_init_installs_under_emulation(arm64_outcome: Outcome, standin_mirror_session: Mirror) -> None:
+    assert_clean_boot(arm64_outcome, arm64_outcome.first)
+    assert_toolkit_installed(arm64_outcome, standin_mirror_session, deb_arch="arm64")
+    result = read_check_result(arm64_outcome.first)
+    assert result is not None and (result["status"], result["exit_code"]) == ("no-gpu", 0), result

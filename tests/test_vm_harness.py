@@ -18,6 +18,7 @@ from tests.support.vm import (
     GUEST_NIC,
     BootEnd,
     CloudInitStatus,
+    QemuConfig,
     classify_serial,
     cloud_init_finished_uptime,
     copy_from_results_disk,
@@ -26,10 +27,11 @@ from tests.support.vm import (
     live_vm_count,
     make_results_disk,
     make_seed_iso,
+    qemu_command,
     read_status,
 )
 from tests.support.vm_fixtures import BootFactory, ImageFactory, vm_releases
-from tests.support.vm_image import GUEST_FILES, cache_key, sources_deb822
+from tests.support.vm_image import GUEST_FILES, VmImage, cache_key, sources_deb822
 
 
 def _need(*tools: str) -> None:
@@ -70,6 +72,19 @@ def test_kernel_command_line() -> None:
         "root=/dev/vda ro console=ttyS0,115200 panic=-1 bakegen.boot=2 bakegen.autopoweroff=1 quiet"
     )
     assert "autopoweroff" not in kernel_command_line(1, autopoweroff=False)
+    assert "console=ttyAMA0,115200" in kernel_command_line(1, autopoweroff=False, console="ttyAMA0")
+
+
+@pytest.mark.parametrize(("arch", "binary", "machine"), [
+    ("amd64", "qemu-system-x86_64", []),
+    ("arm64", "qemu-system-aarch64", ["-machine", "virt"]),  # not the emulator's default board
+])  # fmt: skip
+def test_qemu_command_boots_the_images_arch(arch: str, binary: str, machine: list[str], tmp_path: Path) -> None:
+    files = (tmp_path / "base.qcow2", tmp_path / "vmlinuz", tmp_path / "initrd.img")
+    image = VmImage("bookworm", "k", *files, "6.1", arch)
+    cmd = qemu_command(image, tmp_path / "o", tmp_path / "s", None, tmp_path / "l", tmp_path / "q", "x", QemuConfig())
+    assert cmd[: 1 + len(machine)] == [binary, *machine]
+    assert cmd[cmd.index("-cpu") + 1] == "max"
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.support.vm_image import RESULTS_LABEL, VmImage
+from tests.support.vm_image import RESULTS_LABEL, SERIAL_CONSOLE, VmImage
 
 UNTIL_DONE: Literal["until-done"] = "until-done"
 DEFAULT_MAX_BOOTS = 6
@@ -377,8 +377,14 @@ class QemuConfig:
     cpu: str = "max"  # never plain `host`: QEMU aborts under this machine's KVM
 
 
-def kernel_command_line(boot_number: int, autopoweroff: bool, extra: Sequence[str] = ()) -> str:
-    args = ["root=/dev/vda", "ro", "console=ttyS0,115200", "panic=-1", f"bakegen.boot={boot_number}"]
+# Debian's architecture name -> the QEMU system emulator and machine (arm64: the generic virt board).
+QEMU_SYSTEM = {"amd64": ("qemu-system-x86_64", ()), "arm64": ("qemu-system-aarch64", ("-machine", "virt"))}
+
+
+def kernel_command_line(
+    boot_number: int, autopoweroff: bool, extra: Sequence[str] = (), console: str = "ttyS0"
+) -> str:
+    args = ["root=/dev/vda", "ro", f"console={console},115200", "panic=-1", f"bakegen.boot={boot_number}"]
     if autopoweroff:
         args.append("bakegen.autopoweroff=1")
     return " ".join([*args, *extra])
@@ -394,8 +400,10 @@ def qemu_command(
     cmdline: str,
     config: QemuConfig,
 ) -> list[str]:
+    binary, machine = QEMU_SYSTEM[image.arch]
     cmd = [
-        "qemu-system-x86_64",
+        binary,
+        *machine,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -564,7 +572,7 @@ def boot(
                 results,
                 serial_log,
                 sock_dir / "qmp.sock",
-                kernel_command_line(number, autopoweroff, kernel_args),
+                kernel_command_line(number, autopoweroff, kernel_args, SERIAL_CONSOLE[image.arch]),
                 config,
             )
             (run_dir / f"boot-{number}.qemu-cmd").write_text(" ".join(cmd) + "\n")

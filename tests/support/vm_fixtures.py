@@ -60,16 +60,16 @@ def vm_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vm_image_factory(vm_cache_dir: Path) -> ImageFactory:
-    """`vm_image_factory("bookworm", extra_ca=[...])` -> VmImage, built once and cached."""
+    """`vm_image_factory("bookworm", extra_ca=[...], arch="amd64")` -> VmImage, built once and cached."""
     missing = vm_missing_requirements()
     if missing:
         pytest.skip(f"VM harness needs: {', '.join(missing)}")
-    built: dict[tuple[str, tuple[Path, ...]], VmImage] = {}
+    built: dict[tuple[str, tuple[Path, ...], str], VmImage] = {}
 
-    def factory(release: Release, extra_ca: Sequence[Path] = ()) -> VmImage:
-        key = (release, tuple(Path(p) for p in extra_ca))
+    def factory(release: Release, extra_ca: Sequence[Path] = (), arch: str = "amd64") -> VmImage:
+        key = (release, tuple(Path(p) for p in extra_ca), arch)
         if key not in built:
-            built[key] = build_image(release, vm_cache_dir, extra_ca)
+            built[key] = build_image(release, vm_cache_dir, extra_ca, arch)
         return built[key]
 
     return factory

@@ -50,7 +50,7 @@ PACKAGES: tuple[str, ...] = (
     "dbus",
     "cloud-init",
     "cloud-guest-utils",
-    "linux-image-cloud-amd64",
+    "linux-image-cloud-{arch}",
     "initramfs-tools",
     "ifupdown",
     "isc-dhcp-client",
@@ -68,6 +68,14 @@ PACKAGES: tuple[str, ...] = (
     "e2fsprogs",
     "lsb-release",
 )
+
+# Debian's architecture name -> the serial console its QEMU machine gives the kernel.
+SERIAL_CONSOLE = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
+
+
+def packages(arch: str) -> tuple[str, ...]:
+    return tuple(p.format(arch=arch) for p in PACKAGES)
+
 
 BUILD_TIMEOUT_S = 1800
 TOOL_TIMEOUT_S = 600
@@ -259,7 +267,7 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
 _CUSTOMIZE_SH = """set -eu
 rm -f /etc/apt/sources.list
 update-ca-certificates
-systemctl enable serial-getty@ttyS0.service bakegen-results.service bakegen-autopoweroff.path
+systemctl enable "serial-getty@$1.service" bakegen-results.service bakegen-autopoweroff.path
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /etc/resolv.conf /etc/ssh/ssh_host_*
 apt-get clean
@@ -287,6 +295,7 @@ class VmImage:
     kernel: Path
     initrd: Path
     kernel_version: str
+    arch: str = "amd64"  # Debian's name
 
     @property
     def directory(self) -> Path:
@@ -306,13 +315,13 @@ def host_ca_certs() -> list[Path]:
     return sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
 
 
-def cache_key(release: Release, ca_certs: Sequence[Path]) -> str:
-    """Release + package list + CA contents + the files and recipe the image ships."""
+def cache_key(release: Release, ca_certs: Sequence[Path], arch: str = "amd64") -> str:
+    """Release + arch + package list + CA contents + the files and recipe the image ships."""
     digest = hashlib.sha256()
     recipe = {
         "recipe": RECIPE_VERSION,
         "release": release,
-        "packages": sorted(PACKAGES),
+        "packages": sorted(packages(arch)),
         "components": COMPONENTS,
         "guest_files": {path: [text, mode] for path, (text, mode) in sorted(GUEST_FILES.items())},
         "customize": _CUSTOMIZE_SH,
@@ -321,13 +330,14 @@ def cache_key(release: Release, ca_certs: Sequence[Path]) -> str:
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     for cert in ca_certs:
         digest.update(b"\0ca\0" + cert.read_bytes())
-    return f"{release}-{digest.hexdigest()[:16]}"
+    return f"{release}-{digest.hexdigest()[:16]}" if arch == "amd64" else f"{release}-{arch}-{digest.hexdigest()[:16]}"
 
 
 def build_image(
     release: Release,
     cache_dir: Path | None = None,
     extra_ca: Sequence[Path] = (),
+    arch: str = "amd64",
 ) -> VmImage:
     """Return the cached image for `release`, building it first if needed (a few minutes).
 
@@ -336,17 +346,19 @@ def build_image(
     """
     if release not in RELEASES:
         raise VmImageError(f"{release!r} is not a supported release (one of {', '.join(RELEASES)})")
+    if arch not in SERIAL_CONSOLE:
+        raise VmImageError(f"{arch!r} is not a supported architecture (one of {', '.join(SERIAL_CONSOLE)})")
     certs = host_ca_certs() + [Path(p) for p in extra_ca]
     for cert in certs:
         if not cert.is_file():
             raise VmImageError(f"extra CA certificate {cert} does not exist")
     root = (cache_dir or default_cache_dir()) / "vm-images"
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(release, certs)
+    key = cache_key(release, certs, arch)
     final = root / key
     with _locked(root / f".{key}.lock"):
         if not (final / "manifest.json").is_file():
-            _build(release, certs, final)
+            _build(release, certs, final, arch)
     return load_image(final)
 
 
@@ -359,6 +371,7 @@ def load_image(directory: Path) -> VmImage:
         kernel=directory / "vmlinuz",
         initrd=directory / "initrd.img",
         kernel_version=manifest["kernel_version"],
+        arch=manifest.get("arch", "amd64"),
     )
 
 
@@ -382,7 +395,7 @@ def _run(cmd: Sequence[str | Path], step: str, timeout_s: float = TOOL_TIMEOUT_S
         raise VmImageError(f"{step}: exit {proc.returncode}\n{tail}")
 
 
-def _build(release: Release, certs: Sequence[Path], final: Path) -> None:
+def _build(release: Release, certs: Sequence[Path], final: Path, arch: str = "amd64") -> None:
     if os.geteuid() != 0:
         raise VmImageError("building a VM image needs root (mmdebstrap --mode=root, mkfs.ext4 -d)")
     work = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
@@ -390,7 +403,7 @@ def _build(release: Release, certs: Sequence[Path], final: Path) -> None:
         stage = work / "stage"
         _stage_files(stage, release, certs)
         tree = work / "tree"
-        _mmdebstrap(release, stage, tree, work / "customize.sh")
+        _mmdebstrap(release, stage, tree, work / "customize.sh", arch)
         out = work / "out"
         out.mkdir()
         kernel_version = _copy_boot_files(tree, out)
@@ -403,9 +416,10 @@ def _build(release: Release, certs: Sequence[Path], final: Path) -> None:
         _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out / "base.qcow2"], "qemu-img convert")
         manifest = {
             "release": release,
+            "arch": arch,
             "key": final.name,
             "kernel_version": kernel_version,
-            "packages": list(PACKAGES),
+            "packages": list(packages(arch)),
             "ca_certs": [str(c) for c in certs],
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -431,7 +445,7 @@ def _stage_files(stage: Path, release: Release, certs: Sequence[Path]) -> None:
         (ca_dir / f"{index:02d}-{cert.stem}.crt").write_bytes(cert.read_bytes())
 
 
-def _mmdebstrap(release: Release, stage: Path, tree: Path, customize: Path) -> None:
+def _mmdebstrap(release: Release, stage: Path, tree: Path, customize: Path, arch: str = "amd64") -> None:
     customize.write_text(_CUSTOMIZE_SH)
     components = " ".join(COMPONENTS)
     _run(
@@ -440,11 +454,12 @@ def _mmdebstrap(release: Release, stage: Path, tree: Path, customize: Path) -> N
             "--variant=apt",
             "--mode=root",
             "--format=directory",
+            f"--architectures={arch}",  # another arch's maintainer scripts run through qemu-user (binfmt_misc)
             '--aptopt=APT::Install-Recommends "false"',
-            f"--include={','.join(PACKAGES)}",
+            f"--include={','.join(packages(arch))}",
             f"--customize-hook=sync-in {stage} /",
             f"--customize-hook=upload {customize} /tmp/bakegen-customize.sh",
-            '--customize-hook=chroot "$1" sh /tmp/bakegen-customize.sh',
+            f'--customize-hook=chroot "$1" sh /tmp/bakegen-customize.sh {SERIAL_CONSOLE[arch]}',
             '--customize-hook=rm -f "$1/tmp/bakegen-customize.sh"',
             release,
             tree,
