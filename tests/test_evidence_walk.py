@@ -100,9 +100,10 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
         homes = [*source.repos] if source.repos else [ARCHIVE]
         tag = f"{where} {source.name} {driver.kernel_modules.value} {driver.branch}"
         names = list(driver.packages)
-        if source.kind is DriverSourceKind.UBUNTU_DRIVERS:  # pm/apt.sh.j2: one linux-modules package per kernel
+        if source.kind is DriverSourceKind.UBUNTU_DRIVERS:
+            # pm/apt.sh.j2: the modules metapackage of each kernel flavour, and the modules of each kernel
             flavour = f"{driver.branch}-server" + ("-open" if driver.kernel_modules is KernelModules.OPEN else "")
-            names.append(f"linux-modules-nvidia-{flavour}-{{kernel}}")
+            names += [f"linux-modules-nvidia-{flavour}-{{flavour}}", f"linux-modules-nvidia-{flavour}-{{kernel}}"]
         for name in names:
             if not offered([*homes, ARCHIVE] if source.kind is DriverSourceKind.UBUNTU_DRIVERS else homes,
                            "packages", name, driver.branch):

@@ -403,6 +403,22 @@ def test_other_arch_is_refused(distro: str, keys: KeyRing, machine_dir: Path) ->
     _untouched(run)
 
 
+# Ubuntu: the modules metapackage of the image's kernel flavour (linux-image-aws -> ...-aws), as ubuntu-drivers
+# installs it, so that the next kernel of that flavour comes with its NVIDIA modules (vendor audit A4).
+@pytest.mark.parametrize(("distro", "meta"), [
+    ("ubuntu24.04", "linux-modules-nvidia-580-server-open-aws"),
+    ("ubuntu20.04", "linux-modules-nvidia-550-server-aws"),
+])  # fmt: skip
+def test_ubuntu_installs_the_kernel_flavours_modules_metapackage(
+    distro: str, meta: str, keys: KeyRing, machine_dir: Path
+) -> None:
+    with _machine(machine_dir, keys, distro) as fake:
+        run = fake.run()
+    assert run.rc == 0, run.stderr
+    assert meta in run.state_after["installed"], sorted(run.state_after["installed"])
+    assert "will not follow" not in run.stdout + run.stderr
+
+
 # The stand-ins believe the vendor evidence (distros/evidence/ offers): each audited vendor error
 # (../shared/notes/vendor-audit.md), put back into its descriptor, fails the run where the real distribution
 # would, and the fixed descriptor on the same machine succeeds. (tests/test_evidence_walk.py names each in the

@@ -555,15 +555,37 @@ regenerate_initramfs() { run update-initramfs -u -k all; }
 
 # Canonical's signed, precompiled modules for the branch (ubuntu-drivers' packages), installed with apt: the
 # ubuntu-drivers command installs only for hardware it detects, so it cannot bake an image on a machine without
-# a GPU, and it leaves out nvidia-utils. One linux-modules package per target kernel.
+# a GPU, and it leaves out nvidia-utils. As ubuntu-drivers does (UbuntuDrivers/detect.py,
+# get_linux_modules_metapackage): the modules metapackage of each installed kernel flavour
+# (linux-modules-nvidia-<driver flavour>-<kernel flavour>), which follows that flavour's kernel updates, and the
+# modules of each kernel present now.
 driver_install_ubuntu_drivers() {
-  local flavour="${DRIVER_BRANCH}-server" kernel mods=()
+  local flavour="${DRIVER_BRANCH}-server" kernel kflavour meta mods=()
   if [ "$DRIVER_MODULES" = open ]; then flavour="$flavour-open"; fi
+  for kflavour in $(kernel_flavours); do
+    meta="linux-modules-nvidia-$flavour-$kflavour"
+    if [ -n "$(pkg_version "$meta")" ] || { pm_refresh && apt_has_candidate "$meta"; }; then
+      mods+=("$meta")
+    else
+      note "no $meta in the archive: the NVIDIA modules of kernel flavour $kflavour will not follow its updates"
+    fi
+  done
+  if [ "${#mods[@]}" -eq 0 ]; then
+    note "no kernel flavour metapackage (linux-image-<flavour>) is installed: a new kernel will come without NVIDIA modules"
+  fi
   for kernel in $(target_kernels); do mods+=("linux-modules-nvidia-$flavour-$kernel"); done
   pm_install "${DRIVER_PACKAGES[@]}" "${mods[@]}"
 }
 
-# The exact driver version, if any, is held by the pin (pm_hold_globs) that apt resolves names against.
+# The kernel flavours installed as metapackages (linux-image-generic, linux-image-aws,
+# linux-image-generic-hwe-24.04, ...), not the ABI-versioned kernel packages.
+kernel_flavours() {
+  { dpkg-query -W -f='${db:Status-Status} ${Package}\n' 'linux-image-*' 2>/dev/null || true; } |
+    awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
+}
+
+apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
+
 driver_install_packages() { pm_install "${DRIVER_PACKAGES[@]}"; }
 
 # ---------------------------------------------------------------------------------------------------------

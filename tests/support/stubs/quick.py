@@ -7,6 +7,8 @@ dpkg-query -W on a package dpkg never saw: "dpkg-query: no packages found matchi
 
 from __future__ import annotations
 
+import fnmatch
+
 import pkgs
 from core import Ctx, Fail, err, out, split_options
 
@@ -87,7 +89,14 @@ def dpkg_query(ctx: Ctx) -> int:
     if "-W" not in opts and "--show" not in opts:
         raise Fail(2, "dpkg-query: the stub models only -W/--show")
     rc = 0
+    wanted: list[str] = []
     for name in names or sorted(pkgs.installed(ctx)):  # no name: every package dpkg knows
+        if any(c in name for c in "*?["):  # a pattern: the packages dpkg knows that match it
+            matched = sorted(n for n in pkgs.installed(ctx) if fnmatch.fnmatchcase(n, name))
+            wanted += matched or [name]
+        else:
+            wanted.append(name)
+    for name in wanted:
         have = pkgs.installed_version(ctx, name)
         if have is None:
             err(f"dpkg-query: no packages found matching {name}")
