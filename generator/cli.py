@@ -10,151 +10,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from .args import ALL, Parser, generate_parser, options_from, select_distros
 from .errors import BakegenError, UsageError
 from .evidence import unverified_facts, unverified_offers
-from .model import UNVERIFIED_FINGERPRINT, Arch, Cloud, Distro, Format, KernelModules, Runtime
+from .model import UNVERIFIED_FINGERPRINT, Arch, Distro, Format
 from .output import Target, ensure_writable, prune, stale, write_atomically
-from .plan import (
-    CheckOptions,
-    Options,
-    make_plan,
-    parse_branch,
-    parse_capabilities,
-    parse_container_image,
-    parse_driver_version,
-    parse_fingerprint,
-    parse_gpus,
-    parse_https_url,
-    parse_name_value,
-    parse_toolkit_version,
-)
+from .packer_runner import run_packer
+from .plan import make_plan
 from .render import FileKind, RenderedFile, make_environment, render
 from .resolve import descriptor_set, load_all, load_distro, suggest
 from .selfcheck import check_rendered
+from .validate import run_validate
 
-COMMANDS = ("list", "show", "validate", "packer")
-ALL = "all"
 # Providers cap user-data (AWS: 16384 bytes); cloud-init also accepts it gzip-compressed.
 USER_DATA_WARN_BYTES = 16384
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors through UsageError: one line, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint=f"see {self.prog} --help")
-
-
-def _choices(enum_type: type[Arch] | type[KernelModules]) -> list[str]:
-    return [member.value for member in enum_type]
-
-
-def generate_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="bakegen",
-        description="Generate NVIDIA GPU container-host provisioning: cloud-init user-data, shell scripts and "
-        "Packer HCL2. Other commands: bakegen list | show DISTRO | validate PATH... | packer DISTRO ...",
-    )
-    parser.add_argument("--version", action="version", version=f"bakegen {__version__}")
-    parser.add_argument("distro", help="a distribution id (see `bakegen list`), or `all`")
-    parser.add_argument("--format", default="cloud-init", choices=[f.value for f in Format] + [ALL])
-    parser.add_argument("--arch", choices=_choices(Arch) + [ALL], help="default: x86_64 (with `all`: every arch)")
-    driver = parser.add_argument_group("driver")
-    driver.add_argument("--driver-source", help="one of the descriptor's sources (default: the descriptor's)")
-    driver.add_argument("--driver-branch", type=parse_branch, help="e.g. 580 (default: the source's)")
-    driver.add_argument("--driver-version", type=parse_driver_version, help="an exact version, e.g. 580.95.05")
-    driver.add_argument(
-        "--kernel-modules",
-        choices=_choices(KernelModules),
-        help="open (default from branch 560) or proprietary (pre-Turing GPUs)",
-    )
-    driver.add_argument("--no-driver", action="store_true", help="the image already has a driver")
-    toolkit = parser.add_argument_group("toolkit and runtimes")
-    toolkit.add_argument("--toolkit-version", type=parse_toolkit_version, help="default: the newest")
-    toolkit.add_argument(
-        "--runtime", action="append", choices=[r.value for r in Runtime], help="repeatable (default: docker)"
-    )
-    toolkit.add_argument("--cdi", action="store_true", help="enable the Container Device Interface")
-    toolkit.add_argument(
-        "--mirror",
-        action="append",
-        default=[],
-        metavar="NAME=URL",
-        help="an https mirror for a repository (see `bakegen show DISTRO`)",
-    )
-    toolkit.add_argument(
-        "--key-fingerprint",
-        action="append",
-        default=[],
-        metavar="NAME=FPR",
-        help="the full fingerprint of a mirror's signing key",
-    )
-    check = parser.add_argument_group("first-boot GPU check")
-    check.add_argument("--container-image", type=parse_container_image, help="image for the smoke test")
-    check.add_argument("--gpus", type=parse_gpus, help="docker run --gpus value: all, a count, or 0,1")
-    check.add_argument("--capabilities", type=parse_capabilities, help="NVIDIA_DRIVER_CAPABILITIES")
-    check.add_argument("--expected-gpus", type=int, default=0, help="fail when fewer GPUs are found")
-    check.add_argument("--require-gpu", action="store_true", help="no GPU present is a failure")
-    check.add_argument("--no-container-test", action="store_true", help="skip the docker run smoke test")
-    packer = parser.add_argument_group("packer")
-    packer.add_argument(
-        "--cloud",
-        help=f"comma list of {', '.join(c.value for c in Cloud)} (default: all the distribution has images for)",
-    )
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
-    out.add_argument("--stdout", action="store_true", help="print a single-file format instead of writing it")
-    out.add_argument("--check", action="store_true", help="write nothing; fail when out/ differs (golden check)")
-    out.add_argument("--distros-dir", type=Path, help="your own descriptors, searched before the built-in ones")
-    return parser
-
-
-def parse_clouds(value: str | None) -> tuple[Cloud, ...] | None:
-    if not value or value == ALL:
-        return None
-    clouds = []
-    for item in value.split(","):
-        try:
-            clouds.append(Cloud(item))
-        except ValueError:
-            raise UsageError(f"--cloud: {item!r} is not one of {', '.join(c.value for c in Cloud)}") from None
-    return tuple(dict.fromkeys(clouds))
-
-
-def options_from(args: argparse.Namespace, arch: Arch) -> Options:
-    mirrors = dict(parse_name_value("--mirror", m) for m in args.mirror)
-    mirrors = {name: parse_https_url(f"--mirror {name}", url) for name, url in mirrors.items()}
-    fingerprints = dict(parse_name_value("--key-fingerprint", f) for f in args.key_fingerprint)
-    fingerprints = {n: parse_fingerprint(f"--key-fingerprint {n}", f) for n, f in fingerprints.items()}
-    if args.expected_gpus < 0:
-        raise UsageError("--expected-gpus: must be 0 (any) or more")
-    defaults = CheckOptions()
-    check = CheckOptions(
-        container_test=not args.no_container_test,
-        container_image=args.container_image or defaults.container_image,
-        gpus=args.gpus or defaults.gpus,
-        capabilities=args.capabilities or defaults.capabilities,
-        expected_gpus=args.expected_gpus,
-        require_gpu=args.require_gpu,
-    )
-    if args.no_driver and (args.driver_branch or args.driver_version or args.driver_source or args.kernel_modules):
-        raise UsageError("--no-driver cannot be combined with other --driver-* or --kernel-modules options")
-    return Options(
-        arch=arch,
-        install_driver=not args.no_driver,
-        driver_source=args.driver_source,
-        driver_branch=args.driver_branch,
-        driver_version=args.driver_version,
-        kernel_modules=KernelModules(args.kernel_modules) if args.kernel_modules else None,
-        toolkit_version=args.toolkit_version,
-        runtimes=tuple(dict.fromkeys(Runtime(r) for r in (args.runtime or ["docker"]))),
-        cdi=args.cdi,
-        mirrors=mirrors,
-        fingerprints=fingerprints,
-        check=check,
-        clouds=parse_clouds(args.cloud),
-    )
 
 
 @dataclass(frozen=True)
@@ -176,23 +45,11 @@ def _jobs(args: argparse.Namespace, distros: list[Distro]) -> list[Job]:
     return jobs
 
 
-def _select_distros(args: argparse.Namespace) -> list[Distro]:
-    descriptors = descriptor_set(args.distros_dir)
-    if args.distro == ALL:
-        return load_all(descriptors)
-    if args.distro not in descriptors or descriptors.merged(args.distro).abstract:
-        concrete = [d for d in descriptors.ids() if not descriptors.merged(d).abstract]
-        close = suggest(args.distro, concrete)
-        hint = f"did you mean {close}?" if close else f"known: {', '.join(concrete)}"
-        raise UsageError(f"unknown distribution {args.distro!r}", hint=hint)
-    return [load_distro(descriptors, args.distro)]
-
-
 def run_generate(argv: Sequence[str]) -> int:
     args = generate_parser().parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} is not a folder")
-    distros = _select_distros(args)
+    distros = select_distros(args)
     jobs = _jobs(args, distros)
     if args.stdout and (len(jobs) != 1 or jobs[0].fmt is Format.PACKER):
         raise UsageError("--stdout takes one distribution, one arch and a single-file format (cloud-init or shell)")
@@ -274,7 +131,7 @@ def user_data_size_note(label: str, content: str) -> str | None:
 
 
 def run_list(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="bakegen list", description="The distributions bakegen knows, as a table.")
+    parser = Parser(prog="bakegen list", description="The distributions bakegen knows, as a table.")
     parser.add_argument("--distros-dir", type=Path)
     args = parser.parse_args(argv)
     distros = load_all(descriptor_set(args.distros_dir))
@@ -303,7 +160,7 @@ def run_list(argv: Sequence[str]) -> int:
 def run_show(argv: Sequence[str]) -> int:
     import yaml
 
-    parser = _Parser(prog="bakegen show", description="A distribution's descriptor after `extends:` is resolved.")
+    parser = Parser(prog="bakegen show", description="A distribution's descriptor after `extends:` is resolved.")
     parser.add_argument("distro")
     parser.add_argument("--distros-dir", type=Path)
     args = parser.parse_args(argv)
@@ -338,11 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "show":
             return run_show(argv[1:])
         if argv and argv[0] == "validate":
-            from .validate import run_validate
 
             return run_validate(argv[1:])
         if argv and argv[0] == "packer":
-            from .packer_runner import run_packer
 
             return run_packer(argv[1:])
         return run_generate(argv)

@@ -9,88 +9,39 @@ Packer on a compatibility copy of the folder (see LEGACY_STRIPPED and docs/packe
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import ALL, _select_distros, generate_parser, options_from
+from .args import ALL, generate_parser, options_from, select_distros
 from .errors import BakegenError, UsageError
 from .model import Arch, Cloud, Format
 from .output import Target, ensure_writable, write_atomically
+from .packer import (
+    INSTALL_HINT,
+    PACKER_MIN_VERSION,
+    PACKER_PLUGINS,
+    PACKER_SOURCE_NAME,
+    PLUGINS_FILE,
+    LegacyStrip,
+    PackerVersion,
+    find_packer,
+    make_legacy_copy,
+    packer_version,
+)
 from .plan import make_plan
-from .render import PACKER_MIN_VERSION, PACKER_PLUGINS, PACKER_SOURCE_NAME, make_environment, render
+from .render import make_environment, render
 from .selfcheck import check_rendered
 
 ACTIONS = ("init", "validate", "build")
 DEFAULT_ACTION = "validate"
-PLUGINS_FILE = "plugins.pkr.hcl"
 NOT_FOR_PACKER = ("format", "stdout", "check")  # `bakegen DISTRO` options that `bakegen packer` rejects
 EXAMPLE_VARS = "example.pkrvars.hcl"
 # `packer { required_plugins }` and `packer init` arrived in Packer 1.7.0.
-PLUGINS_SINCE = (1, 7, 0)
-INSTALL_HINT = (
-    f"install HashiCorp Packer >= {PACKER_MIN_VERSION}: https://developer.hashicorp.com/packer/install; "
-    "Debian's `apt-get install packer` gives 1.6.6, enough for validate and for qemu builds with --legacy-packer"
-)
-VERSION_TIMEOUT_S = 60
-_VERSION_RE = re.compile(r"Packer v?([0-9]+)\.([0-9]+)\.([0-9]+)")
-_SOURCE_RE = re.compile(r'^source "([^"]+)" "([^"]+)" \{$')
-
-
-@dataclass(frozen=True)
-class LegacyStrip:
-    """A field Packer < 1.7 rejects, removed from the compatibility copy: the source type it lives in, why."""
-
-    source_type: str
-    field: str
-    reason: str
-
-
-# What the compatibility copy for Packer < 1.7 leaves out, besides plugins.pkr.hcl. A build of a source that
-# would lose one of these is refused: they are security settings, or what the cloud requires.
-LEGACY_STRIPPED = (
-    LegacyStrip(
-        "amazon-ebs",
-        "metadata_options",
-        "IMDSv2 (http_tokens = required) on the build instance: Packer 1.6.6's built-in amazon-ebs does not know it",
-    ),
-    LegacyStrip(
-        "amazon-ebs",
-        "imds_support",
-        "IMDSv2-only instances from the AMI: added to the amazon plugin after Packer 1.6.6",
-    ),
-    LegacyStrip(
-        "azure-arm",
-        "public_ip_sku",
-        "a Standard-SKU public IP (Azure creates no Basic ones): Packer 1.6.6's built-in azure-arm does not know it",
-    ),
-    *(
-        LegacyStrip("qemu", field, "UEFI for an arm64 guest: Packer 1.6.6's built-in qemu boots BIOS only")
-        for field in ("efi_boot", "efi_firmware_code", "efi_firmware_vars", "efi_drop_efivars")
-    ),
-)
-
-
-@dataclass(frozen=True)
-class PackerVersion:
-    path: str
-    version: tuple[int, int, int]
-
-    @property
-    def text(self) -> str:
-        return ".".join(str(n) for n in self.version)
-
-    @property
-    def legacy(self) -> bool:
-        return self.version < PLUGINS_SINCE
-
-
 def packer_parser() -> argparse.ArgumentParser:
     """`bakegen DISTRO`'s options (the same generation code path) plus the runner's own."""
     parser = generate_parser()
@@ -148,7 +99,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def render_folder(args: argparse.Namespace) -> tuple[Path, tuple[Cloud, ...], bool]:
     """Render and write OUT/DISTRO/ARCH/packer: returns the folder, the plan's clouds, whether --cloud chose them."""
-    (distro,) = _select_distros(args)
+    (distro,) = select_distros(args)
     arch = Arch(args.arch or Arch.X86_64.value)
     options = options_from(args, arch)
     plan = make_plan(distro, options)
@@ -160,80 +111,6 @@ def render_folder(args: argparse.Namespace) -> tuple[Path, tuple[Cloud, ...], bo
     ensure_writable(args.out)
     write_atomically(targets)
     return base / "packer", plan.clouds, options.clouds is not None
-
-
-def find_packer() -> str:
-    path = shutil.which("packer")
-    if path is None:
-        raise BakegenError("packer was not found on PATH", hint=INSTALL_HINT)
-    return path
-
-
-def packer_version(path: str) -> PackerVersion:
-    """`packer version`, parsed; a program named packer that is not HashiCorp's (cracklib has one) is an error."""
-    try:
-        result = subprocess.run([path, "version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S,
-                                check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BakegenError(f"could not run `{path} version`: {exc}", hint=INSTALL_HINT) from None
-    match = _VERSION_RE.search(result.stdout)
-    if result.returncode != 0 or not match:
-        first = (result.stdout + result.stderr).strip().splitlines()[:1]
-        raise BakegenError(
-            f"{path} does not look like HashiCorp Packer (`packer version` said: {first[0] if first else 'nothing'})",
-            hint=INSTALL_HINT,
-        )
-    major, minor, patch = (int(n) for n in match.groups())
-    return PackerVersion(path, (major, minor, patch))
-
-
-def strip_legacy_fields(text: str) -> tuple[str, list[LegacyStrip]]:
-    """Remove LEGACY_STRIPPED fields from one rendered HCL file: single-line attributes and whole blocks, only
-    inside a `source` block of the rule's type. Returns the new text and the rules that removed something."""
-    lines = text.split("\n")
-    kept: list[str] = []
-    removed: list[LegacyStrip] = []
-    source_type: str | None = None
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        opened = _SOURCE_RE.match(line)
-        if opened:
-            source_type = opened.group(1)
-        elif line == "}":
-            source_type = None
-        rule = next((r for r in LEGACY_STRIPPED if r.source_type == source_type and _opens_field(line, r.field)), None)
-        if rule is None:
-            kept.append(line)
-            index += 1
-            continue
-        removed.append(rule)
-        if line.rstrip().endswith("{"):  # a block: skip to the brace that closes it, at the same indent
-            indent = line[: len(line) - len(line.lstrip())]
-            index += 1
-            while index < len(lines) and lines[index] != f"{indent}}}":
-                index += 1
-        index += 1
-    return "\n".join(kept), removed
-
-
-def _opens_field(line: str, field: str) -> bool:
-    return re.match(rf"^\s+{re.escape(field)}\s*(=|\{{)", line) is not None
-
-
-def make_legacy_copy(folder: Path, dest: Path) -> list[LegacyStrip]:
-    """Copy the generated files of `folder` to `dest` for Packer < 1.7: no plugins.pkr.hcl, LEGACY_STRIPPED removed."""
-    removed: list[LegacyStrip] = []
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.glob("*.pkr*.hcl")):
-        if path.name == PLUGINS_FILE:
-            continue
-        text, stripped = strip_legacy_fields(path.read_text(encoding="utf-8"))
-        (dest / path.name).write_text(text, encoding="utf-8")
-        removed.extend(stripped)
-    if (folder / "scripts").is_dir():
-        shutil.copytree(folder / "scripts", dest / "scripts", dirs_exist_ok=True)
-    return removed
 
 
 def only_flag(clouds: Iterable[Cloud]) -> str:

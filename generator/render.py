@@ -13,59 +13,22 @@ import jinja2
 from . import __version__, hclfmt, quoting
 from .errors import BakegenError
 from .model import UNVERIFIED_FINGERPRINT, Cloud, Family, Format, Runtime
+from .packer import (
+    PACKER_BUILD_MACHINES,
+    PACKER_FILES,
+    PACKER_GPU_CHECK_RESULTS,
+    PACKER_MIN_VERSION,
+    PACKER_PLUGINS,
+    PACKER_REBOOT_MARKER,
+    PACKER_SCRIPT,
+    PACKER_SOURCE_NAME,
+)
 from .paths import data_dir
-from .plan import TOOLKIT_FLOOR, Plan
+from .plan import TOOLKIT_FLOOR, Plan, placeholder_values
 
 HEREDOC_END = "BAKEGEN_EMBEDDED_FILE_END"
 
 
-@dataclass(frozen=True)
-class PackerPlugin:
-    name: str
-    source: str
-    version: str
-    builder: str  # the source type the plugin provides
-
-
-# Pinned Packer plugins, one per cloud (versions published on releases.hashicorp.com).
-PACKER_PLUGINS = {
-    Cloud.AWS: PackerPlugin("amazon", "github.com/hashicorp/amazon", "= 1.3.3", "amazon-ebs"),
-    Cloud.GCP: PackerPlugin("googlecompute", "github.com/hashicorp/googlecompute", "= 1.1.6", "googlecompute"),
-    Cloud.AZURE: PackerPlugin("azure", "github.com/hashicorp/azure", "= 2.1.7", "azure-arm"),
-    Cloud.QEMU: PackerPlugin("qemu", "github.com/hashicorp/qemu", "= 1.1.0", "qemu"),
-}
-# The oldest Packer the templates declare (required_version): plugins come from `packer init` since 1.7 and
-# are no longer bundled since 1.10.
-PACKER_MIN_VERSION = "1.10.0"
-PACKER_SOURCE_NAME = "gpu"
-PACKER_FILES = ("plugins.pkr.hcl", "variables.pkr.hcl", "sources.pkr.hcl", "build.pkr.hcl", "example.pkrvars.hcl")
-PACKER_SCRIPT = PurePosixPath("scripts") / "bakegen-install.sh"
-# What the install script and the GPU check leave on the build machine (see templates/shell/lib.sh.j2 and
-# templates/files/bakegen-gpu-check.py): the build reboots on the marker and removes the check's results.
-PACKER_REBOOT_MARKER = "/run/bakegen/reboot-required"
-PACKER_GPU_CHECK_RESULTS = ("/var/lib/bakegen/gpu-check.json", "/etc/motd.d/90-bakegen-gpu-check")
-# Build machines by arch: a default without a GPU, and the GPU machine the example variables suggest
-# ("" where the cloud has no GPU machine for the arch).
-PACKER_BUILD_MACHINES = {
-    "x86_64": {
-        "aws": "m6i.large",
-        "aws_gpu": "g5.xlarge",
-        "gcp": "n2-standard-4",
-        "gcp_gpu_machine": "n1-standard-4",
-        "gcp_gpu": "nvidia-tesla-t4",
-        "azure": "Standard_D4s_v5",
-        "azure_gpu": "Standard_NC4as_T4_v3",
-    },
-    "aarch64": {
-        "aws": "m7g.large",
-        "aws_gpu": "g5g.xlarge",
-        "gcp": "t2a-standard-4",
-        "gcp_gpu_machine": "",
-        "gcp_gpu": "",
-        "azure": "Standard_D4ps_v5",
-        "azure_gpu": "",
-    },
-}
 # Exit 10 (done, reboot required) is success for cloud-init: power_state acts on the marker file.
 CLOUD_INIT_RUNCMD = 'rc=0; /usr/local/sbin/bakegen-install || rc=$?; if [ "$rc" -eq 10 ]; then rc=0; fi; exit "$rc"'
 
@@ -252,8 +215,6 @@ def _hcl(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
 
 
 def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[RenderedFile]:
-    from .plan import placeholder_values
-
     folder = PurePosixPath("packer")
     # Image names: lower-case letters, digits and hyphens fit every cloud (GCP allows nothing else).
     slug = f"{plan.distro.id}-{plan.arch.value}".replace(".", "-").replace("_", "-").lower()
@@ -288,8 +249,6 @@ def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[Rend
 
 
 def _cloud_setting(plan: Plan) -> Callable[[Cloud, str], str]:
-    from .plan import placeholder_values
-
     values = {**placeholder_values(plan.distro, plan.arch), "kernel_line": "{kernel_line}"}  # Packer fills it
 
     def cloud_setting(cloud: Cloud, key: str) -> str:

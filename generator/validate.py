@@ -20,7 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from .args import Parser
 from .errors import BakegenError, UsageError
+from .packer import make_legacy_copy, packer_version
 
 YAMLLINT_CONFIG = """\
 extends: default
@@ -233,7 +235,6 @@ def check_packer_fmt(files: list[Path]) -> list[Problem]:
 def check_packer_validate(files: list[Path]) -> list[Problem]:
     """`packer validate`; for a Packer older than 1.7 on the runner's compatibility copy (what it leaves out is
     still checked by the HCL parser)."""
-    from .packer_runner import make_legacy_copy, packer_version
 
     problems = []
     folders = _packer_folders(files)
@@ -289,9 +290,7 @@ def validate(paths: Iterable[Path]) -> tuple[list[Problem], dict[str, int]]:
 
 
 def run_validate(argv: Sequence[str]) -> int:
-    from .cli import _Parser
-
-    parser = _Parser(prog="bakegen validate", description="Run the real validators on generated files.")
+    parser = Parser(prog="bakegen validate", description="Run the real validators on generated files.")
     parser.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
     problems, counts = validate(args.paths)

@@ -34,9 +34,16 @@ import pygohcl
 import pytest
 
 from generator.model import Cloud, Format
-from generator.packer_runner import LEGACY_STRIPPED, make_legacy_copy, strip_legacy_fields
+from generator.packer import (
+    LEGACY_STRIPPED,
+    PACKER_MIN_VERSION,
+    PACKER_PLUGINS,
+    PACKER_REBOOT_MARKER,
+    make_legacy_copy,
+    strip_legacy_fields,
+)
 from generator.plan import Options, make_plan
-from generator.render import PACKER_MIN_VERSION, PACKER_PLUGINS, PACKER_REBOOT_MARKER, render
+from generator.render import render
 from generator.resolve import descriptor_set, load_distro
 from tests.helpers import REPO, matrix, render_files
 
@@ -44,7 +51,7 @@ MATRIX = matrix()
 IDS = [f"{distro}-{arch}" for distro, arch in MATRIX]
 
 # Every field the Packer 1.6.6 copy leaves out, with the reason. Adding one here must be argued: the test
-# below fails when the runner's table (generator.packer_runner.LEGACY_STRIPPED) and this one differ.
+# below fails when the runner's table (generator.packer.LEGACY_STRIPPED) and this one differ.
 STRIPPED_FOR_PACKER_1_6 = {
     ("amazon-ebs", "metadata_options"): "1.6.6's built-in amazon-ebs has no metadata_options block (IMDSv2 "
     "for the build instance); the amazon plugin has it",

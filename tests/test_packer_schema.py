@@ -18,7 +18,7 @@ import pygohcl
 import pytest
 
 from generator.model import Cloud, Format
-from generator.render import PACKER_PLUGINS
+from generator.packer import PACKER_PLUGINS
 from tests.helpers import REPO, matrix, render_files
 from tests.support.plugin_schema import schema
 

@@ -6,7 +6,7 @@ per config struct, mapping every HCL name to `&hcldec.AttrSpec{..., Type: cty.T}
 at the pinned tag and keeps the builder's config and every struct reachable from it, as the evidence stored in
 distros/evidence/packer/ (tests/test_packer_schema.py checks every generated source against it).
 
-Regenerate after changing a pin (generator/render.py: PACKER_PLUGINS), from a clone of the plugin:
+Regenerate after changing a pin (generator/packer.py: PACKER_PLUGINS), from a clone of the plugin:
     python3 -m tests.support.plugin_schema REPO_GIT_DIR TAG PLUGIN BUILDER_DIR > PLUGIN-VERSION.json
 into distros/evidence/packer/, e.g. `... /path/packer-plugin-qemu.git v1.1.0 qemu builder/qemu`.
 """
