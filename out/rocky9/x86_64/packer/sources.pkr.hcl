@@ -110,11 +110,10 @@ source "azure-arm" "gpu" {
   location           = var.azure_location
   vm_size            = var.azure_vm_size
   os_type            = "Linux"
-  # Azure refuses an OS disk smaller than the image's own (RHEL's: 64 GB): at least 64 GB.
-  os_disk_size_gb = max(var.root_volume_gb, 64)
-  image_publisher = "resf"
-  image_offer     = "rockylinux-x86_64"
-  image_sku       = "9-base"
+  os_disk_size_gb    = var.root_volume_gb
+  image_publisher    = "resf"
+  image_offer        = "rockylinux-x86_64"
+  image_sku          = "9-base"
   # Azure creates no Basic-SKU public IPs since 2025-03-31, the azure plugin's default before v2.2.0
   # (packer-plugin-azure v2.1.7 builder/azure/arm/config.go:643, public_ip_sku).
   public_ip_sku = "Standard"
