@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .args import ALL, Parser, generate_parser, options_from, select_distros
+from .descriptors import schema_reference
 from .errors import BakegenError, UsageError
 from .evidence import unverified_facts, unverified_offers
 from .model import UNVERIFIED_FINGERPRINT, Arch, Distro, Format
@@ -161,9 +162,17 @@ def run_show(argv: Sequence[str]) -> int:
     import yaml
 
     parser = Parser(prog="bakegen show", description="A distribution's descriptor after `extends:` is resolved.")
-    parser.add_argument("distro")
+    parser.add_argument("distro", nargs="?")
     parser.add_argument("--distros-dir", type=Path)
+    parser.add_argument("--schema", action="store_true", help="print the descriptor reference instead")
     args = parser.parse_args(argv)
+    if args.schema:
+        if args.distro:
+            raise UsageError("--schema takes no distribution")
+        print(schema_reference(), end="")
+        return 0
+    if not args.distro:
+        raise UsageError("show: name a distribution (or --schema)", hint="see bakegen show --help")
     descriptors = descriptor_set(args.distros_dir)
     if args.distro not in descriptors:
         close = suggest(args.distro, descriptors.ids())

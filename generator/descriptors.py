@@ -62,6 +62,65 @@ def _schema() -> dict[str, Any]:
     return loaded
 
 
+def schema_properties() -> list[tuple[str, str, str]]:
+    """Every property of the descriptor schema as (dotted path, type, description), `*` for any key or item and
+    a `$ref`'s properties inlined under the property that uses it."""
+    schema = _schema()
+    rows: list[tuple[str, str, str]] = []
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target: dict[str, Any] = schema["$defs"][ref.rsplit("/", 1)[1]]
+            return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def kind(node: dict[str, Any]) -> str:
+        if "type" in node:
+            return str(node["type"])
+        if "enum" in node:
+            return ", ".join(str(v) for v in node["enum"])
+        alternatives = node.get("oneOf") or node.get("anyOf") or []
+        return " or ".join(kind(resolve(a)) for a in alternatives) or "any"
+
+    def walk(node: dict[str, Any], path: str, seen: tuple[str, ...]) -> None:
+        for name, raw in node.get("properties", {}).items():
+            child = resolve(raw)
+            dotted = f"{path}.{name}" if path else name
+            rows.append((dotted, kind(child), str(child.get("description", ""))))
+            ref = raw.get("$ref", "")
+            if ref not in seen:
+                walk(child, dotted, (*seen, ref) if ref else seen)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(resolve(extra), f"{path}.*", seen)
+        items = node.get("items")
+        if isinstance(items, dict) and "properties" in resolve(items):
+            walk(resolve(items), f"{path}.*", seen)
+        for alternative in node.get("oneOf", []):
+            walk(resolve(alternative), path, seen)
+
+    walk(schema, "", ())
+    return list(dict.fromkeys(rows))
+
+
+def schema_reference() -> str:
+    """The descriptor reference (docs/descriptors.md, `bakegen show --schema`), from the schema itself."""
+    lines = [
+        "# Descriptor reference",
+        "",
+        "Generated from generator/schema/descriptor.schema.json by `bakegen show --schema` (do not edit by hand).",
+        "A descriptor states only what differs from its parent (`extends:`); `null` removes an inherited key.",
+        "`*` is any key (or any item of a list).",
+        "",
+        "| key | type | what it is |",
+        "|---|---|---|",
+    ]
+    for path, kind, description in schema_properties():
+        lines.append(f"| `{path}` | {kind} | {description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _compose(text: str, display: str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)

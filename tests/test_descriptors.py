@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from generator.descriptors import DescriptorSet, deep_merge
+from generator.descriptors import DescriptorSet, deep_merge, schema_properties, schema_reference
 from generator.errors import DescriptorError
 from generator.model import Family
 from generator.resolve import builtin_distros_dir, descriptor_set, load_all, load_distro
-from tests.helpers import all_distro_ids
+from tests.helpers import REPO, all_distro_ids
 
 REQUIRED_RELEASES = [
     "ubuntu20.04",
@@ -203,3 +203,18 @@ def test_a_user_descriptor_adds_a_distribution_without_code(tmp_path: Path) -> N
     distro = load_distro(descriptors, "mydebian")
     assert distro.name == "My Debian"
     assert distro.source_file == str(tmp_path / "mydebian.yaml")
+
+
+# ---- the descriptor reference (issue 14) -------------------------------------------------------------------
+
+
+def test_every_schema_property_has_a_description() -> None:
+    undescribed = [path for path, _, description in schema_properties() if not description.strip()]
+    assert undescribed == [], "give these schema properties a description: " + ", ".join(undescribed)
+    assert len(schema_properties()) > 80, "the walk reaches the nested properties ($ref, *, oneOf)"
+
+
+def test_docs_descriptors_md_is_the_schema_reference() -> None:
+    """docs/descriptors.md is `bakegen show --schema` (regenerate: bakegen show --schema > docs/descriptors.md)."""
+    assert (REPO / "docs" / "descriptors.md").read_text(encoding="utf-8") == schema_reference()
+    assert "| `repos.*.signs.metadata` | boolean |" in schema_reference()
