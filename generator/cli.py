@@ -204,10 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "show":
             return run_show(argv[1:])
         if argv and argv[0] == "validate":
-
             return run_validate(argv[1:])
         if argv and argv[0] == "packer":
-
             return run_packer(argv[1:])
         return run_generate(argv)
     except BakegenError as exc:

@@ -160,9 +160,7 @@ def _to_python(
             out[key] = _to_python(value_node, display, path + (key,), lines, problems, seen)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _to_python(item, display, path + (str(i),), lines, problems, seen) for i, item in enumerate(node.value)
-        ]
+        return [_to_python(item, display, path + (str(i),), lines, problems, seen) for i, item in enumerate(node.value)]
     # Scalars: PyYAML's SafeLoader resolves the tag (YAML 1.1, as cloud-init reads YAML).
     return _scalar(node)
 

@@ -34,4 +34,3 @@ class DescriptorError(BakegenError):
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems = sorted(set(problems))
         super().__init__("; ".join(self.problems))
-

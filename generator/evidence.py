@@ -136,8 +136,12 @@ def _offer(fact: str, raw: dict[str, Any]) -> Offer:
 
 def offers(distro_id: str, arch: str, repo: str) -> list[tuple[Offer, Evidence]]:
     """What the evidence shows `repo` offering to `distro_id` on `arch`, with the entry that shows it."""
-    return [(offer, entry) for entry in load_evidence() for offer in entry.offers
-            if offer.repo == repo and distro_id in offer.distros and arch in offer.arches]
+    return [
+        (offer, entry)
+        for entry in load_evidence()
+        for offer in entry.offers
+        if offer.repo == repo and distro_id in offer.distros and arch in offer.arches
+    ]
 
 
 def facts(data: dict[str, Any]) -> Iterator[str]:

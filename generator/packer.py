@@ -134,8 +134,9 @@ def find_packer() -> str:
 def packer_version(path: str) -> PackerVersion:
     """`packer version`, parsed; a program named packer that is not HashiCorp's (cracklib has one) is an error."""
     try:
-        result = subprocess.run([path, "version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S,
-                                check=False)
+        result = subprocess.run(
+            [path, "version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BakegenError(f"could not run `{path} version`: {exc}", hint=INSTALL_HINT) from None
     match = _VERSION_RE.search(result.stdout)

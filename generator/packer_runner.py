@@ -41,6 +41,8 @@ ACTIONS = ("init", "validate", "build")
 DEFAULT_ACTION = "validate"
 NOT_FOR_PACKER = ("format", "stdout", "check")  # `bakegen DISTRO` options that `bakegen packer` rejects
 EXAMPLE_VARS = "example.pkrvars.hcl"
+
+
 # `packer { required_plugins }` and `packer init` arrived in Packer 1.7.0.
 def packer_parser() -> argparse.ArgumentParser:
     """`bakegen DISTRO`'s options (the same generation code path) plus the runner's own."""
@@ -63,16 +65,32 @@ def packer_parser() -> argparse.ArgumentParser:
         elif action.dest == "arch":
             action.help = "default: x86_64"
     runner = parser.add_argument_group("packer runner")
-    runner.add_argument("action", nargs="?", choices=ACTIONS, default=DEFAULT_ACTION,
-                        help=f"the Packer command (default: {DEFAULT_ACTION})")
-    runner.add_argument("--var-file", action="append", default=[], type=Path, metavar="FILE",
-                        help="passed to Packer as -var-file (repeatable); without one, validate uses "
-                        "example.pkrvars.hcl")
-    runner.add_argument("--dry-run", action="store_true",
-                        help="render the folder, print the Packer commands (shell-quoted) and run nothing")
-    runner.add_argument("--legacy-packer", action="store_true",
-                        help="run Packer < 1.7 (e.g. Debian's 1.6.6) on a compatibility copy without plugins.pkr.hcl; "
-                        "builds of sources that would lose a security setting are refused (see docs/packer.md)")
+    runner.add_argument(
+        "action",
+        nargs="?",
+        choices=ACTIONS,
+        default=DEFAULT_ACTION,
+        help=f"the Packer command (default: {DEFAULT_ACTION})",
+    )
+    runner.add_argument(
+        "--var-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="passed to Packer as -var-file (repeatable); without one, validate uses example.pkrvars.hcl",
+    )
+    runner.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the folder, print the Packer commands (shell-quoted) and run nothing",
+    )
+    runner.add_argument(
+        "--legacy-packer",
+        action="store_true",
+        help="run Packer < 1.7 (e.g. Debian's 1.6.6) on a compatibility copy without plugins.pkr.hcl; "
+        "builds of sources that would lose a security setting are refused (see docs/packer.md)",
+    )
     return parser
 
 
@@ -89,8 +107,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("bakegen packer takes one distribution, not `all`")
     if args.arch == ALL:
         raise UsageError("bakegen packer takes one --arch, not `all`")
-    for flag, value, default in (("--format", args.format, "cloud-init"), ("--stdout", args.stdout, False),
-                                 ("--check", args.check, False)):
+    for flag, value, default in (
+        ("--format", args.format, "cloud-init"),
+        ("--stdout", args.stdout, False),
+        ("--check", args.check, False),
+    ):
         if value != default:
             raise UsageError(f"{flag} does not apply to bakegen packer (it always renders the Packer format)")
     if args.out.exists() and not args.out.is_dir():
@@ -117,8 +138,9 @@ def only_flag(clouds: Iterable[Cloud]) -> str:
     return "-only=" + ",".join(f"{PACKER_PLUGINS[c].builder}.{PACKER_SOURCE_NAME}" for c in clouds)
 
 
-def packer_command(packer: str, action: str, folder: Path, only: str | None, var_files: Sequence[Path],
-                   extra: Sequence[str]) -> list[str]:
+def packer_command(
+    packer: str, action: str, folder: Path, only: str | None, var_files: Sequence[Path], extra: Sequence[str]
+) -> list[str]:
     if action == "init":
         return [packer, "init", *extra, str(folder)]
     return [

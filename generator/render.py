@@ -234,15 +234,12 @@ def render_packer(env: jinja2.Environment, plan: Plan, script: str) -> list[Rend
         "azure": plan.distro.clouds[Cloud.AZURE].settings if Cloud.AZURE in plan.distro.clouds else {},
         "image_slug": slug,
         "qemu_example_image": f"{slug}-base.qcow2",
-        "driver_label": (
-            f"{driver.source.name} {driver.branch} {driver.kernel_modules.value}" if driver else "none"
-        ),
+        "driver_label": (f"{driver.source.name} {driver.branch} {driver.kernel_modules.value}" if driver else "none"),
         "reboot_marker": PACKER_REBOOT_MARKER,
         "gpu_check_paths": PACKER_GPU_CHECK_RESULTS,
     }
     files = [
-        RenderedFile(folder / name, _hcl(env, f"packer/{name}.j2", context), FileKind.HCL)
-        for name in PACKER_FILES
+        RenderedFile(folder / name, _hcl(env, f"packer/{name}.j2", context), FileKind.HCL) for name in PACKER_FILES
     ]
     files.append(RenderedFile(folder / PACKER_SCRIPT, script, FileKind.SHELL, 0o755))
     return files

@@ -75,8 +75,11 @@ def test_azure_rhel_disk_is_at_least_the_images(distro: str) -> None:
 def test_azure_marketplace_plan() -> None:
     azure = sources("rocky9", "x86_64")["azure-arm"]
     plan = azure["plan_info"]
-    assert plan == {"plan_name": azure["image_sku"], "plan_product": azure["image_offer"],
-                    "plan_publisher": azure["image_publisher"]}
+    assert plan == {
+        "plan_name": azure["image_sku"],
+        "plan_product": azure["image_offer"],
+        "plan_publisher": azure["image_publisher"],
+    }
     assert "plan_info" not in sources("almalinux9", "x86_64")["azure-arm"]
 
 
@@ -87,8 +90,12 @@ AL2023 = "al2023-ami-2023.{}-kernel-{}-{}"
 AWS_NAMES = {
     ("amzn2023", "6.12"): (
         [AL2023.format("9.20251110.1", "6.12", "x86_64")],
-        [AL2023.format("11.20260526.0", "6.18", "x86_64"), AL2023.format("11.20260526.0", "6.1", "x86_64"),
-         "al2023-ami-minimal-2023.12.20260930.0-kernel-6.12-x86_64", AL2023.format("9.20251110.1", "6.12", "arm64")],
+        [
+            AL2023.format("11.20260526.0", "6.18", "x86_64"),
+            AL2023.format("11.20260526.0", "6.1", "x86_64"),
+            "al2023-ami-minimal-2023.12.20260930.0-kernel-6.12-x86_64",
+            AL2023.format("9.20251110.1", "6.12", "arm64"),
+        ],
     ),
     ("amzn2023", "6.1"): (
         [AL2023.format("11.20260526.0", "6.1", "x86_64")],
@@ -96,8 +103,12 @@ AWS_NAMES = {
     ),
     ("sles15", None): (
         ["suse-sles-15-sp6-v20250130-hvm-ssd-x86_64"],
-        ["suse-sles-15-sp6-byos-v20250130-hvm-ssd-x86_64", "suse-sles-15-sp6-chost-byos-v20250130-hvm-ssd-x86_64",
-         "suse-sles-15-sp6-v20260101-ecs-hvm-ssd-x86_64", "suse-sles-15-sp6-v20250130-hvm-ssd-arm64"],
+        [
+            "suse-sles-15-sp6-byos-v20250130-hvm-ssd-x86_64",
+            "suse-sles-15-sp6-chost-byos-v20250130-hvm-ssd-x86_64",
+            "suse-sles-15-sp6-v20260101-ecs-hvm-ssd-x86_64",
+            "suse-sles-15-sp6-v20250130-hvm-ssd-arm64",
+        ],
     ),
 }
 

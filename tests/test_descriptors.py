@@ -162,8 +162,10 @@ BAD_DESCRIPTORS = [
         id="repository-verified-by-nothing",
     ),
     pytest.param(
-        {"bad.yaml": "extends: debian12\nvars: {a: &a [x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a],"
-                     " c: [*b, *b, *b, *b, *b, *b, *b, *b]}\n"},
+        {
+            "bad.yaml": "extends: debian12\nvars: {a: &a [x, x, x, x, x, x, x, x, x],"
+            " b: &b [*a, *a, *a, *a, *a, *a, *a], c: [*b, *b, *b, *b, *b, *b, *b, *b]}\n"
+        },
         "bad",
         ["bad.yaml:2: vars.b.1: YAML anchors and aliases are not allowed"],
         id="alias-bomb",

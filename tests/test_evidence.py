@@ -51,8 +51,9 @@ def test_show_lists_the_unverified_facts(capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize("distro_id", all_distro_ids())
 def test_readme_names_each_distributions_unverified_facts(distro_id: str) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    row = next((line for line in readme.splitlines() if line.startswith("| ") and distro_id in line.split("|")[1]),
-               None)
+    row = next(
+        (line for line in readme.splitlines() if line.startswith("| ") and distro_id in line.split("|")[1]), None
+    )
     assert row is not None, f"README's distribution table has no row for {distro_id}"
     for _, evidence in unverified_facts(distro_id, descriptor_set().merged(distro_id).data):
         assert evidence.fact in row, f"README's row for {distro_id} does not name unverified {evidence.fact}"

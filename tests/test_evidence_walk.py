@@ -70,8 +70,9 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
     problems: list[str] = []
 
     def offered(repos: list[str], field: str, name: str, branch: str | None = None, kernel: str | None = None) -> bool:
-        return any(name in offer.names(field, branch, kernel)
-                   for repo in repos for offer, _ in offers(distro.id, arch, repo))
+        return any(
+            name in offer.names(field, branch, kernel) for repo in repos for offer, _ in offers(distro.id, arch, repo)
+        )
 
     for repo in plan.repos:
         found = offers(distro.id, arch, repo.name)
@@ -81,16 +82,20 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
         key_file = repo.key_url.rsplit("/", 1)[1]
         published = {k for offer, _ in found for k in offer.keys}
         if key_file not in published:
-            problems.append(f"{where}: {repo.name} key {key_file} is not what its folder publishes "
-                            f"({', '.join(sorted(published)) or 'no key file shown'})")
+            problems.append(
+                f"{where}: {repo.name} key {key_file} is not what its folder publishes "
+                f"({', '.join(sorted(published)) or 'no key file shown'})"
+            )
         if plan.distro.family.value != "apt":
             signs = {aspect: signed for offer, _ in found for aspect, signed in offer.signs}
             for aspect, used in (("metadata", repo.signs_metadata), ("packages", repo.signs_packages)):
                 if aspect not in signs:
                     problems.append(f"{where}: no evidence whether {repo.name} signs its {aspect}")
                 elif signs[aspect] != used:
-                    problems.append(f"{where}: {repo.name} is checked for signed {aspect}={used}, "
-                                    f"the vendor signs {aspect}={signs[aspect]}")
+                    problems.append(
+                        f"{where}: {repo.name} is checked for signed {aspect}={used}, "
+                        f"the vendor signs {aspect}={signs[aspect]}"
+                    )
             if not (repo.signs_metadata or repo.signs_packages):
                 problems.append(f"{where}: {repo.name} is verified neither through metadata nor packages")
 
@@ -105,8 +110,12 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
             flavour = f"{driver.branch}-server" + ("-open" if driver.kernel_modules is KernelModules.OPEN else "")
             names += [f"linux-modules-nvidia-{flavour}-{{flavour}}", f"linux-modules-nvidia-{flavour}-{{kernel}}"]
         for name in names:
-            if not offered([*homes, ARCHIVE] if source.kind is DriverSourceKind.UBUNTU_DRIVERS else homes,
-                           "packages", name, driver.branch):
+            if not offered(
+                [*homes, ARCHIVE] if source.kind is DriverSourceKind.UBUNTU_DRIVERS else homes,
+                "packages",
+                name,
+                driver.branch,
+            ):
                 problems.append(f"{tag}: package {name} is not published in {', '.join(homes)}")
         if driver.module_stream and not offered(homes, "streams", driver.module_stream, driver.branch):
             problems.append(f"{tag}: module stream {driver.module_stream} is not published in {', '.join(homes)}")
@@ -162,23 +171,40 @@ def test_the_readme_examples_branches_are_walked() -> None:
 
 AUDITED = {
     # A1: EPEL added as if it signed its metadata (repo_gpgcheck=1): dnf's refresh fails on every EL install.
-    "A1": ("rhel9", (("repos.epel.signs", {"metadata": True, "packages": True}),),
-           "epel is checked for signed metadata=True, the vendor signs metadata=False"),
+    "A1": (
+        "rhel9",
+        (("repos.epel.signs", {"metadata": True, "packages": True}),),
+        "epel is checked for signed metadata=True, the vendor signs metadata=False",
+    ),
     # A2: fedora43 with the rpm family's key file, which its folder does not publish.
-    "A2": ("fedora43", (("repos.cuda.key", "{cuda_repo}/{cuda_arch}/D42D0685.pub"),),
-           "cuda key D42D0685.pub is not what its folder publishes (1940C73E.pub)"),
-    "A2-aarch64": ("fedora43", (("arches", ["x86_64", "aarch64"]),),
-                   "fedora43/aarch64 cuda-repo open 580: package nvidia-open is not published in cuda"),
+    "A2": (
+        "fedora43",
+        (("repos.cuda.key", "{cuda_repo}/{cuda_arch}/D42D0685.pub"),),
+        "cuda key D42D0685.pub is not what its folder publishes (1940C73E.pub)",
+    ),
+    "A2-aarch64": (
+        "fedora43",
+        (("arches", ["x86_64", "aarch64"]),),
+        "fedora43/aarch64 cuda-repo open 580: package nvidia-open is not published in cuda",
+    ),
     # A3: focal at branch 580, which Canonical publishes for jammy and later only.
-    "A3": ("ubuntu20.04", (("driver.sources.ubuntu-drivers.branches", None),
-                            ("driver.sources.ubuntu-drivers.default_branch", "580")),
-           "package nvidia-headless-no-dkms-580-server-open is not published in archive"),
+    "A3": (
+        "ubuntu20.04",
+        (("driver.sources.ubuntu-drivers.branches", None), ("driver.sources.ubuntu-drivers.default_branch", "580")),
+        "package nvidia-headless-no-dkms-580-server-open is not published in archive",
+    ),
     # A5: AL2023 without its kernel lines: kernel6.12 images asked for kernel-devel-<6.12 release>.
-    "A5": ("amzn2023", (("kernel.lines", None),),
-           "amzn2023/x86_64: kernel package kernel-devel-{kernel} on kernel 6.12 is not published in its archive"),
+    "A5": (
+        "amzn2023",
+        (("kernel.lines", None),),
+        "amzn2023/x86_64: kernel package kernel-devel-{kernel} on kernel 6.12 is not published in its archive",
+    ),
     # A7: debian13 + cuda-repo on aarch64: NVIDIA publishes no debian13/sbsa repository.
-    "A7": ("debian13", (("driver.sources.cuda-repo.arches", None),),
-           "debian13/aarch64: no evidence that repository cuda exists for it"),
+    "A7": (
+        "debian13",
+        (("driver.sources.cuda-repo.arches", None),),
+        "debian13/aarch64: no evidence that repository cuda exists for it",
+    ),
 }
 
 

@@ -108,8 +108,11 @@ def smi_failure(path: Path, code: int) -> dict[str, Reply]:
 
 
 def h200_replies(query_file: str = "query-gpu-noheader.csv", xml: str | None = None) -> dict[str, Reply]:
-    return smi_replies(fixture_text(H200 / query_file), xml or fixture_text(H200 / "nvidia-smi-q.xml"),
-                       fixture_text(H200 / "topo-m.txt"))
+    return smi_replies(
+        fixture_text(H200 / query_file),
+        xml or fixture_text(H200 / "nvidia-smi-q.xml"),
+        fixture_text(H200 / "topo-m.txt"),
+    )
 
 
 def hgx_replies(gpus: int = 8, fabric_state: str = "Completed") -> dict[str, Reply]:
@@ -173,8 +176,9 @@ class FakeMachine:
         log = self.bin / f"{name}.log"
         return log.read_text(encoding="utf-8").splitlines() if log.exists() else []
 
-    def pci_device(self, address: str, device_class: str = "0x030200", driver: str | None = "nvidia",
-                   vendor: str = "0x10de") -> None:
+    def pci_device(
+        self, address: str, device_class: str = "0x030200", driver: str | None = "nvidia", vendor: str = "0x10de"
+    ) -> None:
         device = self.root / "pci" / address
         device.mkdir()
         (device / "vendor").write_text(vendor + "\n", encoding="ascii")
@@ -184,16 +188,35 @@ class FakeMachine:
             target.mkdir(parents=True, exist_ok=True)
             (device / "driver").symlink_to(target)
 
-    def run(self, *args: str, interpreter: str = sys.executable, state_dir: Path | None = None,
-            motd_file: Path | None = None) -> Run:
+    def run(
+        self,
+        *args: str,
+        interpreter: str = sys.executable,
+        state_dir: Path | None = None,
+        motd_file: Path | None = None,
+    ) -> Run:
         config_file = self.root / "gpu-check.json"
         config_file.write_text(json.dumps(self.config), encoding="utf-8")
         proc_version = self.proc_version or self.root / "no-such-proc-version"
-        argv = [interpreter, str(PROGRAM), "--config", str(config_file),
-                "--state-dir", str(state_dir or self.root / "state"), "--motd-file", str(motd_file or self.motd_file),
-                "--nvidia-smi", str(self.bin / "nvidia-smi"),
-                "--proc-version", str(proc_version), "--pci-devices-dir", str(self.root / "pci"),
-                "--dev-dir", str(self.root / "dev"), *args]
+        argv = [
+            interpreter,
+            str(PROGRAM),
+            "--config",
+            str(config_file),
+            "--state-dir",
+            str(state_dir or self.root / "state"),
+            "--motd-file",
+            str(motd_file or self.motd_file),
+            "--nvidia-smi",
+            str(self.bin / "nvidia-smi"),
+            "--proc-version",
+            str(proc_version),
+            "--pci-devices-dir",
+            str(self.root / "pci"),
+            "--dev-dir",
+            str(self.root / "dev"),
+            *args,
+        ]
         env = {"PATH": str(self.bin), "LC_ALL": "C.UTF-8"}
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
         result = json.loads(self.state_file.read_text(encoding="utf-8")) if self.state_file.exists() else None
@@ -223,13 +246,24 @@ def test_query_csv_with_header_and_units_parses_like_the_form_the_program_reques
     with_header = gpu_check.parse_query_csv(fixture_text(H200 / "query-gpu.csv"))
     requested_form = gpu_check.parse_query_csv(fixture_text(H200 / "query-gpu-noheader.csv"))
     assert with_header == requested_form
-    assert with_header == [{
-        "index": 0, "name": "NVIDIA H200", "uuid": "GPU-a6ba3f4a-7a8b-ba9b-30e0-c0926f3c2c27",
-        "pci_bus_id": "00000000:00:06.0", "driver_version": "580.159.04", "vbios_version": "96.00.A5.00.1A",
-        "memory_total_mib": 143771, "persistence_mode": "Enabled", "compute_mode": "Default",
-        "mig_mode": "Disabled", "ecc_mode": "Enabled", "temperature_c": 40, "power_draw_w": 102.8,
-        "power_limit_w": 700.0,
-    }]
+    assert with_header == [
+        {
+            "index": 0,
+            "name": "NVIDIA H200",
+            "uuid": "GPU-a6ba3f4a-7a8b-ba9b-30e0-c0926f3c2c27",
+            "pci_bus_id": "00000000:00:06.0",
+            "driver_version": "580.159.04",
+            "vbios_version": "96.00.A5.00.1A",
+            "memory_total_mib": 143771,
+            "persistence_mode": "Enabled",
+            "compute_mode": "Default",
+            "mig_mode": "Disabled",
+            "ecc_mode": "Enabled",
+            "temperature_c": 40,
+            "power_draw_w": 102.8,
+            "power_limit_w": 700.0,
+        }
+    ]
 
 
 def test_program_requests_noheader_nounits_with_its_declared_fields() -> None:
@@ -238,16 +272,31 @@ def test_program_requests_noheader_nounits_with_its_declared_fields() -> None:
     assert set(gpu_check.QUERY_FIELDS) == set(gpu_check.QUERY_FIELD_KEYS)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", []),
-    ("0, Tesla T4, GPU-1, 00000000:00:1E.0, 535.274.02, 90.04.A7.00.01, 15360, Disabled, Default, [N/A], "
-     "Enabled, 31, [N/A], 70.00\n",
-     [{"index": 0, "name": "Tesla T4", "persistence_mode": "Disabled", "mig_mode": None, "power_draw_w": None,
-       "memory_total_mib": 15360}]),
-    ("0, NVIDIA GeForce RTX 4090, GPU-2, 00000000:01:00.0, 580.95.05, 95.02.3C.40.E5, 24564, Disabled, Default, "
-     "[N/A], [N/A], 45, 30.12, 450.00\n",
-     [{"name": "NVIDIA GeForce RTX 4090", "ecc_mode": None, "temperature_c": 45}]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", []),
+        (
+            "0, Tesla T4, GPU-1, 00000000:00:1E.0, 535.274.02, 90.04.A7.00.01, 15360, Disabled, Default, [N/A], "
+            "Enabled, 31, [N/A], 70.00\n",
+            [
+                {
+                    "index": 0,
+                    "name": "Tesla T4",
+                    "persistence_mode": "Disabled",
+                    "mig_mode": None,
+                    "power_draw_w": None,
+                    "memory_total_mib": 15360,
+                }
+            ],
+        ),
+        (
+            "0, NVIDIA GeForce RTX 4090, GPU-2, 00000000:01:00.0, 580.95.05, 95.02.3C.40.E5, 24564, Disabled, Default, "
+            "[N/A], [N/A], 45, 30.12, 450.00\n",
+            [{"name": "NVIDIA GeForce RTX 4090", "ecc_mode": None, "temperature_c": 45}],
+        ),
+    ],
+)
 def test_query_csv_reads_not_available_values_as_null(text: str, expected: list[dict[str, Any]]) -> None:
     gpus = gpu_check.parse_query_csv(text)
     assert len(gpus) == len(expected)
@@ -263,8 +312,12 @@ def test_real_xml_gives_driver_cuda_and_a_healthy_gpu() -> None:
     assert gpu["pci_bus_id"] == "00000000:00:06.0"
     assert gpu["name"] == "NVIDIA H200"
     assert gpu["ecc_mode"] == "Enabled"
-    assert gpu["ecc_errors"] == {"volatile_correctable": 0, "volatile_uncorrectable": 0,
-                                 "aggregate_correctable": 0, "aggregate_uncorrectable": 0}
+    assert gpu["ecc_errors"] == {
+        "volatile_correctable": 0,
+        "volatile_uncorrectable": 0,
+        "aggregate_correctable": 0,
+        "aggregate_uncorrectable": 0,
+    }
     assert gpu["retired_pages"] == {"single_bit": None, "double_bit": None, "pending": None}
     assert gpu["remapped_rows"] == {"correctable": 0, "uncorrectable": 0, "pending": False, "failure": False}
     assert gpu["fabric"]["state"] is None
@@ -277,9 +330,14 @@ def test_old_xml_schema_ecc_counters_are_summed() -> None:
         "<ecc_errors><volatile><single_bit><device_memory>3</device_memory><total>3</total></single_bit>"
         "<double_bit><device_memory>1</device_memory><total>1</total></double_bit></volatile>"
         "<aggregate><single_bit><total>N/A</total></single_bit><double_bit><total>4</total></double_bit>"
-        "</aggregate></ecc_errors>")
-    assert gpu_check.ecc_counts(old) == {"volatile_correctable": 3, "volatile_uncorrectable": 1,
-                                         "aggregate_correctable": None, "aggregate_uncorrectable": 4}
+        "</aggregate></ecc_errors>"
+    )
+    assert gpu_check.ecc_counts(old) == {
+        "volatile_correctable": 3,
+        "volatile_uncorrectable": 1,
+        "aggregate_correctable": None,
+        "aggregate_uncorrectable": 4,
+    }
 
 
 def test_the_four_real_outputs_agree_with_what_the_program_parses() -> None:
@@ -292,7 +350,8 @@ def test_the_four_real_outputs_agree_with_what_the_program_parses() -> None:
     assert table_driver is not None and table_driver.group(1) == driver == gpus[0]["driver_version"]
     table_rows = re.findall(r"^\|\s+(\d+)\s+(.+?)\s{2,}(On|Off)\s+\|\s+(\S+)", table, re.MULTILINE)
     assert [(int(i), name, mode) for i, name, mode, _ in table_rows] == [
-        (gpu["index"], gpu["name"], "On" if gpu["persistence_mode"] == "Enabled" else "Off") for gpu in gpus]
+        (gpu["index"], gpu["name"], "On" if gpu["persistence_mode"] == "Enabled" else "Off") for gpu in gpus
+    ]
     assert [row[3] for row in table_rows] == [gpu["pci_bus_id"] for gpu in xml_gpus]
     assert re.search(r"0MiB /\s+(\d+)MiB", table).group(1) == str(gpus[0]["memory_total_mib"])  # type: ignore[union-attr]
     assert len(gpu_check.GPU_LIST_LINE.findall(listing)) == len(gpus)
@@ -312,25 +371,31 @@ def test_eight_gpu_topology_lists_every_nvlink_pair() -> None:
     assert topology["cpu_affinity"]["7"] == "56-111,168-223"
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    (H200 / "proc-version.txt", ("580.159.04", "open")),
-    (FAILURES / "proc-version-580.95.05.txt", ("580.95.05", "open")),
-    (FAILURES / "proc-version-535-proprietary.txt", ("535.274.02", "proprietary")),
-    (FIXTURES / "no-such-file", (None, None)),
-    (FIXTURES / "README.md", (None, None)),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (H200 / "proc-version.txt", ("580.159.04", "open")),
+        (FAILURES / "proc-version-580.95.05.txt", ("580.95.05", "open")),
+        (FAILURES / "proc-version-535-proprietary.txt", ("535.274.02", "proprietary")),
+        (FIXTURES / "no-such-file", (None, None)),
+        (FIXTURES / "README.md", (None, None)),
+    ],
+)
 def test_kernel_module_version_is_read_from_proc(path: Path, expected: tuple[str | None, str | None]) -> None:
     assert gpu_check.read_kernel_module(str(path)) == expected
 
 
-@pytest.mark.parametrize(("stdout", "error", "code", "state"), [
-    (fixture_text(FAILURES / "no-driver.txt"), None, 9, "no-driver"),
-    (fixture_text(FAILURES / "version-mismatch.txt"), None, 18, "version-mismatch"),
-    (fixture_text(FAILURES / "no-devices.txt"), None, 6, "no-devices"),
-    ("", "not-found", None, "not-installed"),
-    ("", "timeout", None, "timeout"),
-    ('Field "bogus" is not a valid field to query.\n', None, 2, "error"),
-])
+@pytest.mark.parametrize(
+    ("stdout", "error", "code", "state"),
+    [
+        (fixture_text(FAILURES / "no-driver.txt"), None, 9, "no-driver"),
+        (fixture_text(FAILURES / "version-mismatch.txt"), None, 18, "version-mismatch"),
+        (fixture_text(FAILURES / "no-devices.txt"), None, 6, "no-devices"),
+        ("", "not-found", None, "not-installed"),
+        ("", "timeout", None, "timeout"),
+        ('Field "bogus" is not a valid field to query.\n', None, 2, "error"),
+    ],
+)
 def test_nvidia_smi_failures_are_classified(stdout: str, error: str | None, code: int | None, state: str) -> None:
     result = gpu_check.CommandResult(["nvidia-smi"], code, stdout, "", error, 0.1)
     assert gpu_check.classify_smi_failure(result)[0] == state
@@ -366,8 +431,10 @@ def test_repository_keys_revoked_or_expired_are_reported_with_or_without_a_gpu(
     machine: FakeMachine, key_files: dict[str, tuple[Path, str]], names: tuple[str, ...], status: str, words: str
 ) -> None:
     """Issue 16, F13: the stored keys' expiry and revocation, reported by the check (not required: a warning)."""
-    machine.config = {"repository_keys": [{"path": str(key_files[n][0]), "fingerprint": key_files[n][1]}
-                                          for n in names] + [{"path": "/nonexistent/key", "fingerprint": "A" * 40}]}
+    machine.config = {
+        "repository_keys": [{"path": str(key_files[n][0]), "fingerprint": key_files[n][1]} for n in names]
+        + [{"path": "/nonexistent/key", "fingerprint": "A" * 40}]
+    }
     gpg = shutil.which("gpg")
     assert gpg is not None
     (machine.bin / "gpg").symlink_to(gpg)  # the real gpg, on the machine's PATH
@@ -402,12 +469,15 @@ def test_smoke_test_never_pulls_and_names_a_missing_image(machine: FakeMachine) 
     assert "is not on this machine (the check never pulls at boot)" in check["detail"]
 
 
-@pytest.mark.parametrize(("bus_id", "normal"), [
-    ("00000000:1B:00.0", "0000:1b:00.0"),
-    ("0000:1b:00.0", "0000:1b:00.0"),
-    ("00000001:00:06.0", "0001:00:06.0"),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    ("bus_id", "normal"),
+    [
+        ("00000000:1B:00.0", "0000:1b:00.0"),
+        ("0000:1b:00.0", "0000:1b:00.0"),
+        ("00000001:00:06.0", "0001:00:06.0"),
+        (None, ""),
+    ],
+)
 def test_bus_ids_of_nvidia_smi_and_sysfs_compare_equal(bus_id: str | None, normal: str) -> None:
     assert gpu_check.normal_bus_id(bus_id) == normal
 
@@ -440,50 +510,216 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("h200 passes", h200_replies(), H200 / "proc-version.txt", ("0000:00:06.0",), (), 0, "pass",
-             {"gpu_present": "pass", "kernel_module": "pass", "nvidia_smi": "pass", "driver_version_match": "pass",
-              "driver_branch": "skip", "gpu_count": "pass", "persistence_mode": "pass", "ecc_health": "pass",
-              "fabric": "skip", "runtime_docker": "skip", "container_smoke_test": "skip",
-              "repository_keys": "skip"}, 1),
-    Scenario("h200 with the header form of the csv", h200_replies("query-gpu.csv"), H200 / "proc-version.txt", (),
-             (), 0, "pass", {"gpu_count": "pass"}, 1),
-    Scenario("h200 right branch", h200_replies(), H200 / "proc-version.txt", (), ("--driver-branch", "580"), 0,
-             "pass", {"driver_branch": "pass"}, 1),
-    Scenario("h200 wrong branch", h200_replies(), H200 / "proc-version.txt", (), ("--driver-branch", "570"), 1,
-             "fail", {"driver_branch": "fail", "gpu_count": "pass"}, 1),
-    Scenario("h200 fewer gpus than expected", h200_replies(), H200 / "proc-version.txt", (),
-             ("--expected-gpus", "2"), 1, "fail", {"gpu_count": "fail", "nvidia_smi": "pass"}, 1),
-    Scenario("h200 with require-gpu", h200_replies(), H200 / "proc-version.txt", (), ("--require-gpu",), 0,
-             "pass", {"gpu_present": "pass"}, 1),
-    Scenario("nothing at all", None, None, (), (), 0, "no-gpu",
-             {"gpu_present": "skip", "kernel_module": "skip", "nvidia_smi": "skip", "gpu_count": "skip"}),
-    Scenario("nothing at all, gpu required", None, None, (), ("--require-gpu",), 1, "no-gpu",
-             {"gpu_present": "fail", "nvidia_smi": "skip"}),
-    Scenario("driver installed, baked without a gpu", smi_failure(FAILURES / "no-driver.txt", 9), None, (), (), 0,
-             "no-gpu", {"gpu_present": "skip", "nvidia_smi": "skip"}),
-    Scenario("gpu on pci but driver not loaded", smi_failure(FAILURES / "no-driver.txt", 9), None,
-             ("0000:00:06.0",), (), 1, "fail",
-             {"gpu_present": "pass", "kernel_module": "fail", "nvidia_smi": "fail", "gpu_count": "fail",
-              "driver_version_match": "skip", "container_smoke_test": "skip"}),
-    Scenario("gpu on pci, nvidia-smi not installed", None, H200 / "proc-version.txt", ("0000:00:06.0",), (), 1,
-             "fail", {"kernel_module": "pass", "nvidia_smi": "fail", "gpu_count": "fail"}),
-    Scenario("driver/library version mismatch", smi_failure(FAILURES / "version-mismatch.txt", 18),
-             FAILURES / "proc-version-580.95.05.txt", ("0000:00:06.0",), (), 1, "fail",
-             {"kernel_module": "pass", "nvidia_smi": "fail", "driver_version_match": "fail", "gpu_count": "fail"}),
-    Scenario("no devices and no gpu", smi_failure(FAILURES / "no-devices.txt", 6), None, (), (), 0, "no-gpu",
-             {"gpu_present": "skip"}),
-    Scenario("no devices although the module is loaded", smi_failure(FAILURES / "no-devices.txt", 6),
-             H200 / "proc-version.txt", (), (), 1, "fail", {"nvidia_smi": "fail", "gpu_count": "fail"}),
-    Scenario("hgx 8 gpus", hgx_replies(), H200 / "proc-version.txt", (), ("--expected-gpus", "8"), 0, "pass",
-             {"gpu_count": "pass", "fabric": "pass", "ecc_health": "pass"}, 8),
-    Scenario("hgx fabric not ready", hgx_replies(fabric_state="In Progress"), H200 / "proc-version.txt", (),
-             ("--expected-gpus", "8"), 1, "fail", {"gpu_count": "pass", "fabric": "fail"}, 8),
-    Scenario("hgx one gpu fell off the bus", hgx_replies(gpus=7), H200 / "proc-version.txt",
-             tuple(f"0000:{bus}:00.0" for bus in ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")),
-             ("--expected-gpus", "8"), 1, "fail", {"gpu_count": "fail", "fabric": "pass"}, 7),
-    Scenario("hgx one gpu missing on pci, any count expected", hgx_replies(gpus=7), H200 / "proc-version.txt",
-             tuple(f"0000:{bus}:00.0" for bus in ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")),
-             (), 1, "fail", {"gpu_count": "fail"}, 7),
+    Scenario(
+        "h200 passes",
+        h200_replies(),
+        H200 / "proc-version.txt",
+        ("0000:00:06.0",),
+        (),
+        0,
+        "pass",
+        {
+            "gpu_present": "pass",
+            "kernel_module": "pass",
+            "nvidia_smi": "pass",
+            "driver_version_match": "pass",
+            "driver_branch": "skip",
+            "gpu_count": "pass",
+            "persistence_mode": "pass",
+            "ecc_health": "pass",
+            "fabric": "skip",
+            "runtime_docker": "skip",
+            "container_smoke_test": "skip",
+            "repository_keys": "skip",
+        },
+        1,
+    ),
+    Scenario(
+        "h200 with the header form of the csv",
+        h200_replies("query-gpu.csv"),
+        H200 / "proc-version.txt",
+        (),
+        (),
+        0,
+        "pass",
+        {"gpu_count": "pass"},
+        1,
+    ),
+    Scenario(
+        "h200 right branch",
+        h200_replies(),
+        H200 / "proc-version.txt",
+        (),
+        ("--driver-branch", "580"),
+        0,
+        "pass",
+        {"driver_branch": "pass"},
+        1,
+    ),
+    Scenario(
+        "h200 wrong branch",
+        h200_replies(),
+        H200 / "proc-version.txt",
+        (),
+        ("--driver-branch", "570"),
+        1,
+        "fail",
+        {"driver_branch": "fail", "gpu_count": "pass"},
+        1,
+    ),
+    Scenario(
+        "h200 fewer gpus than expected",
+        h200_replies(),
+        H200 / "proc-version.txt",
+        (),
+        ("--expected-gpus", "2"),
+        1,
+        "fail",
+        {"gpu_count": "fail", "nvidia_smi": "pass"},
+        1,
+    ),
+    Scenario(
+        "h200 with require-gpu",
+        h200_replies(),
+        H200 / "proc-version.txt",
+        (),
+        ("--require-gpu",),
+        0,
+        "pass",
+        {"gpu_present": "pass"},
+        1,
+    ),
+    Scenario(
+        "nothing at all",
+        None,
+        None,
+        (),
+        (),
+        0,
+        "no-gpu",
+        {"gpu_present": "skip", "kernel_module": "skip", "nvidia_smi": "skip", "gpu_count": "skip"},
+    ),
+    Scenario(
+        "nothing at all, gpu required",
+        None,
+        None,
+        (),
+        ("--require-gpu",),
+        1,
+        "no-gpu",
+        {"gpu_present": "fail", "nvidia_smi": "skip"},
+    ),
+    Scenario(
+        "driver installed, baked without a gpu",
+        smi_failure(FAILURES / "no-driver.txt", 9),
+        None,
+        (),
+        (),
+        0,
+        "no-gpu",
+        {"gpu_present": "skip", "nvidia_smi": "skip"},
+    ),
+    Scenario(
+        "gpu on pci but driver not loaded",
+        smi_failure(FAILURES / "no-driver.txt", 9),
+        None,
+        ("0000:00:06.0",),
+        (),
+        1,
+        "fail",
+        {
+            "gpu_present": "pass",
+            "kernel_module": "fail",
+            "nvidia_smi": "fail",
+            "gpu_count": "fail",
+            "driver_version_match": "skip",
+            "container_smoke_test": "skip",
+        },
+    ),
+    Scenario(
+        "gpu on pci, nvidia-smi not installed",
+        None,
+        H200 / "proc-version.txt",
+        ("0000:00:06.0",),
+        (),
+        1,
+        "fail",
+        {"kernel_module": "pass", "nvidia_smi": "fail", "gpu_count": "fail"},
+    ),
+    Scenario(
+        "driver/library version mismatch",
+        smi_failure(FAILURES / "version-mismatch.txt", 18),
+        FAILURES / "proc-version-580.95.05.txt",
+        ("0000:00:06.0",),
+        (),
+        1,
+        "fail",
+        {"kernel_module": "pass", "nvidia_smi": "fail", "driver_version_match": "fail", "gpu_count": "fail"},
+    ),
+    Scenario(
+        "no devices and no gpu",
+        smi_failure(FAILURES / "no-devices.txt", 6),
+        None,
+        (),
+        (),
+        0,
+        "no-gpu",
+        {"gpu_present": "skip"},
+    ),
+    Scenario(
+        "no devices although the module is loaded",
+        smi_failure(FAILURES / "no-devices.txt", 6),
+        H200 / "proc-version.txt",
+        (),
+        (),
+        1,
+        "fail",
+        {"nvidia_smi": "fail", "gpu_count": "fail"},
+    ),
+    Scenario(
+        "hgx 8 gpus",
+        hgx_replies(),
+        H200 / "proc-version.txt",
+        (),
+        ("--expected-gpus", "8"),
+        0,
+        "pass",
+        {"gpu_count": "pass", "fabric": "pass", "ecc_health": "pass"},
+        8,
+    ),
+    Scenario(
+        "hgx fabric not ready",
+        hgx_replies(fabric_state="In Progress"),
+        H200 / "proc-version.txt",
+        (),
+        ("--expected-gpus", "8"),
+        1,
+        "fail",
+        {"gpu_count": "pass", "fabric": "fail"},
+        8,
+    ),
+    Scenario(
+        "hgx one gpu fell off the bus",
+        hgx_replies(gpus=7),
+        H200 / "proc-version.txt",
+        tuple(f"0000:{bus}:00.0" for bus in ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")),
+        ("--expected-gpus", "8"),
+        1,
+        "fail",
+        {"gpu_count": "fail", "fabric": "pass"},
+        7,
+    ),
+    Scenario(
+        "hgx one gpu missing on pci, any count expected",
+        hgx_replies(gpus=7),
+        H200 / "proc-version.txt",
+        tuple(f"0000:{bus}:00.0" for bus in ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")),
+        (),
+        1,
+        "fail",
+        {"gpu_count": "fail"},
+        7,
+    ),
 ]
 
 
@@ -511,8 +747,13 @@ def test_version_mismatch_names_both_versions(machine: FakeMachine) -> None:
     machine.proc_version = FAILURES / "proc-version-580.95.05.txt"
     run = machine.run()
     assert run.result is not None
-    assert run.result["driver"] == {"kernel_module": "580.95.05", "kernel_module_flavor": "open", "nvml": "580.159",
-                                    "branch": "580", "cuda": None}
+    assert run.result["driver"] == {
+        "kernel_module": "580.95.05",
+        "kernel_module_flavor": "open",
+        "nvml": "580.159",
+        "branch": "580",
+        "cuda": None,
+    }
     assert run.result["nvidia_smi"]["state"] == "version-mismatch"
     detail = run.check("driver_version_match")["detail"]
     assert "580.95.05" in detail and "580.159" in detail
@@ -524,7 +765,8 @@ def test_missing_gpus_are_named_by_their_pci_address(machine: FakeMachine) -> No
         machine.pci_device(f"0000:{bus}:00.0")
     run = machine.run("--expected-gpus", "8")
     assert run.check("gpu_count")["detail"] == (
-        "7 GPUs found, 8 expected (1 on the PCI bus not seen by nvidia-smi: 0000:db:00.0)")
+        "7 GPUs found, 8 expected (1 on the PCI bus not seen by nvidia-smi: 0000:db:00.0)"
+    )
 
 
 def test_hgx_interconnect_and_fabric_manager_are_reported(machine: FakeMachine) -> None:
@@ -570,26 +812,64 @@ def edited_h200_xml(old: str, new: str, count: int = 1) -> str:
     return xml.replace(old, new)
 
 
-@pytest.mark.parametrize(("old", "new", "status", "words"), [
-    ("<remapped_row_pending>No</remapped_row_pending>", "<remapped_row_pending>Yes</remapped_row_pending>",
-     "fail", "row remapping pending"),
-    ("<remapped_row_failure>No</remapped_row_failure>", "<remapped_row_failure>Yes</remapped_row_failure>",
-     "fail", "row remapping failed"),
-    ("<pending_retirement>N/A</pending_retirement>", "<pending_retirement>Yes</pending_retirement>",
-     "fail", "page retirement pending"),
-    ("<gpu_recovery_action>None</gpu_recovery_action>", "<gpu_recovery_action>Reset</gpu_recovery_action>",
-     "fail", "driver asks for recovery action 'Reset'"),
-    ("<unrepairable_memory>No</unrepairable_memory>", "<unrepairable_memory>Yes</unrepairable_memory>",
-     "fail", "unrepairable memory"),
-    ("<volatile>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>0<",
-     "<volatile>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>2<",
-     "fail", "2 uncorrectable ECC errors since boot"),
-    ("<aggregate>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>0<",
-     "<aggregate>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>1<",
-     "pass", "1 uncorrectable ECC error over its life"),
-    ("<current_ecc>Enabled</current_ecc>", "<current_ecc>Disabled</current_ecc>", "pass", "ECC disabled"),
-], ids=["remap-pending", "remap-failed", "retirement-pending", "recovery-action", "unrepairable",
-        "uncorrectable-since-boot", "uncorrectable-lifetime", "ecc-disabled"])
+@pytest.mark.parametrize(
+    ("old", "new", "status", "words"),
+    [
+        (
+            "<remapped_row_pending>No</remapped_row_pending>",
+            "<remapped_row_pending>Yes</remapped_row_pending>",
+            "fail",
+            "row remapping pending",
+        ),
+        (
+            "<remapped_row_failure>No</remapped_row_failure>",
+            "<remapped_row_failure>Yes</remapped_row_failure>",
+            "fail",
+            "row remapping failed",
+        ),
+        (
+            "<pending_retirement>N/A</pending_retirement>",
+            "<pending_retirement>Yes</pending_retirement>",
+            "fail",
+            "page retirement pending",
+        ),
+        (
+            "<gpu_recovery_action>None</gpu_recovery_action>",
+            "<gpu_recovery_action>Reset</gpu_recovery_action>",
+            "fail",
+            "driver asks for recovery action 'Reset'",
+        ),
+        (
+            "<unrepairable_memory>No</unrepairable_memory>",
+            "<unrepairable_memory>Yes</unrepairable_memory>",
+            "fail",
+            "unrepairable memory",
+        ),
+        (
+            "<volatile>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>0<",
+            "<volatile>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>2<",
+            "fail",
+            "2 uncorrectable ECC errors since boot",
+        ),
+        (
+            "<aggregate>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>0<",
+            "<aggregate>\n\t\t\t\t<sram_correctable>0</sram_correctable>\n\t\t\t\t<sram_uncorrectable_parity>1<",
+            "pass",
+            "1 uncorrectable ECC error over its life",
+        ),
+        ("<current_ecc>Enabled</current_ecc>", "<current_ecc>Disabled</current_ecc>", "pass", "ECC disabled"),
+    ],
+    ids=[
+        "remap-pending",
+        "remap-failed",
+        "retirement-pending",
+        "recovery-action",
+        "unrepairable",
+        "uncorrectable-since-boot",
+        "uncorrectable-lifetime",
+        "ecc-disabled",
+    ],
+)
 def test_memory_health_from_xml(machine: FakeMachine, old: str, new: str, status: str, words: str) -> None:
     machine.with_gpus(h200_replies(xml=edited_h200_xml(old, new)))
     run = machine.run()
@@ -609,13 +889,15 @@ def test_unreadable_xml_skips_the_xml_checks_without_crashing(machine: FakeMachi
 
 def test_persistence_mode_off_is_a_warning_not_a_failure(machine: FakeMachine) -> None:
     query = fixture_text(H200 / "query-gpu-noheader.csv").replace("Enabled, Default", "Disabled, Default")
-    machine.with_gpus(smi_replies(query, fixture_text(H200 / "nvidia-smi-q.xml"),
-                                           fixture_text(H200 / "topo-m.txt")))
+    machine.with_gpus(smi_replies(query, fixture_text(H200 / "nvidia-smi-q.xml"), fixture_text(H200 / "topo-m.txt")))
     run = machine.run()
     assert run.returncode == 0
     assert run.check("persistence_mode") == {
-        "name": "persistence_mode", "status": "fail", "required": False,
-        "detail": "persistence mode off on GPU 0: is nvidia-persistenced running?"}
+        "name": "persistence_mode",
+        "status": "fail",
+        "required": False,
+        "detail": "persistence mode off on GPU 0: is nvidia-persistenced running?",
+    }
     assert re.search(r"^WARN  persistence_mode ", run.stdout, re.MULTILINE)
 
 
@@ -623,18 +905,34 @@ def test_persistence_mode_off_is_a_warning_not_a_failure(machine: FakeMachine) -
 # Container runtimes and the smoke test
 
 
-@pytest.mark.parametrize(("docker", "args", "runtime", "smoke"), [
-    ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply(fixture_text(H200 / "nvidia-smi-L.txt"))},
-     (), "pass", "pass"),
-    ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA)}, ("--no-container-test",), "pass", "skip"),
-    ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITHOUT_NVIDIA), DOCKER_RUN: Reply(DOCKER_NO_GPU_DRIVER, 125)},
-     (), "fail", "fail"),
-    ({DOCKER_INFO: Reply(DOCKER_DAEMON_DOWN, 1), DOCKER_RUN: Reply(DOCKER_DAEMON_DOWN, 125)}, (), "fail", "fail"),
-    ({DOCKER_INFO: Reply("not json\n")}, ("--no-container-test",), "fail", "skip"),
-    ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply("")}, (), "pass", "fail"),
-], ids=["ready", "test-disabled", "no-nvidia-runtime", "daemon-down", "unreadable-info", "container-sees-none"])
-def test_docker(machine: FakeMachine, docker: dict[str, Reply], args: tuple[str, ...], runtime: str,
-                smoke: str) -> None:
+@pytest.mark.parametrize(
+    ("docker", "args", "runtime", "smoke"),
+    [
+        (
+            {
+                DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA),
+                DOCKER_RUN: Reply(fixture_text(H200 / "nvidia-smi-L.txt")),
+            },
+            (),
+            "pass",
+            "pass",
+        ),
+        ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA)}, ("--no-container-test",), "pass", "skip"),
+        (
+            {DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITHOUT_NVIDIA), DOCKER_RUN: Reply(DOCKER_NO_GPU_DRIVER, 125)},
+            (),
+            "fail",
+            "fail",
+        ),
+        ({DOCKER_INFO: Reply(DOCKER_DAEMON_DOWN, 1), DOCKER_RUN: Reply(DOCKER_DAEMON_DOWN, 125)}, (), "fail", "fail"),
+        ({DOCKER_INFO: Reply("not json\n")}, ("--no-container-test",), "fail", "skip"),
+        ({DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply("")}, (), "pass", "fail"),
+    ],
+    ids=["ready", "test-disabled", "no-nvidia-runtime", "daemon-down", "unreadable-info", "container-sees-none"],
+)
+def test_docker(
+    machine: FakeMachine, docker: dict[str, Reply], args: tuple[str, ...], runtime: str, smoke: str
+) -> None:
     machine.with_gpus(h200_replies())
     machine.tool("docker", docker)
     run = machine.run(*args)
@@ -644,8 +942,10 @@ def test_docker(machine: FakeMachine, docker: dict[str, Reply], args: tuple[str,
 
 def test_smoke_test_runs_the_configured_image_with_gpus_and_capabilities(machine: FakeMachine) -> None:
     machine.with_gpus(h200_replies())
-    machine.tool("docker", {DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA),
-                            DOCKER_RUN: Reply(fixture_text(H200 / "nvidia-smi-L.txt"))})
+    machine.tool(
+        "docker",
+        {DOCKER_INFO: Reply(DOCKER_RUNTIMES_WITH_NVIDIA), DOCKER_RUN: Reply(fixture_text(H200 / "nvidia-smi-L.txt"))},
+    )
     machine.config = {"container_image": "nvidia/cuda:12.9.1-base-ubi9", "capabilities": "compute,utility,video"}
     run = machine.run("--gpus", "device=0")
     assert machine.calls("docker") == [
@@ -671,16 +971,32 @@ def test_terminal_escapes_in_docker_output_reach_neither_console_nor_login_messa
     assert run.motd is not None and "?]0;owned??[2Jdocker: Error response from daemon?31m: boom" in run.motd
 
 
-@pytest.mark.parametrize(("runtime", "pattern", "output", "status"), [
-    ("containerd", '"config dump"',
-     '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n  runtime_type = "io.containerd.runc.v2"\n',
-     "pass"),
-    ("containerd", '"config dump"', "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvidia]\n", "pass"),
-    ("containerd", '"config dump"', '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n', "fail"),
-    ("crio", '"status config"', '[crio.runtime.runtimes.nvidia]\nruntime_path = "/usr/bin/nvidia-container-runtime"\n',
-     "pass"),
-    ("crio", '"status config"', "[crio.runtime.runtimes.crun]\n", "fail"),
-])
+@pytest.mark.parametrize(
+    ("runtime", "pattern", "output", "status"),
+    [
+        (
+            "containerd",
+            '"config dump"',
+            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+            '  runtime_type = "io.containerd.runc.v2"\n',
+            "pass",
+        ),
+        (
+            "containerd",
+            '"config dump"',
+            "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvidia]\n",
+            "pass",
+        ),
+        ("containerd", '"config dump"', '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n', "fail"),
+        (
+            "crio",
+            '"status config"',
+            '[crio.runtime.runtimes.nvidia]\nruntime_path = "/usr/bin/nvidia-container-runtime"\n',
+            "pass",
+        ),
+        ("crio", '"status config"', "[crio.runtime.runtimes.crun]\n", "fail"),
+    ],
+)
 def test_other_runtimes(machine: FakeMachine, runtime: str, pattern: str, output: str, status: str) -> None:
     machine.with_gpus(h200_replies())
     machine.tool(runtime, {pattern: Reply(output)})
@@ -704,30 +1020,33 @@ def test_configured_runtime_that_is_not_installed_is_skipped(machine: FakeMachin
 # Configuration and command line
 
 
-@pytest.mark.parametrize(("config_text", "message"), [
-    ('{"expected_gpu": 2}', "unknown key 'expected_gpu'"),
-    ('{"expected_gpus": "2"}', 'expected_gpus: expected an integer >= 0, got "2"'),
-    ('{"expected_gpus": true}', "expected_gpus: expected an integer >= 0, got true"),
-    ('{"expected_gpus": -1}', "expected_gpus: expected an integer >= 0, got -1"),
-    ('{"driver_branch": 580}', "driver_branch: expected a driver branch as a string"),
-    ('{"driver_branch": "latest"}', "driver_branch: expected a driver branch"),
-    ('{"require_gpu": "yes"}', "require_gpu: expected true or false"),
-    ('{"container_test": 1}', "container_test: expected true or false"),
-    ('{"container_image": ""}', "container_image: expected a container image reference"),
-    # An option in the image's place would reach docker as an option (issue 16, F6).
-    ('{"container_image": "--privileged"}', "container_image: expected a container image reference"),
-    ('{"container_image": "-v/:/host alpine"}', "container_image: expected a container image reference"),
-    ('{"gpus": null}', "gpus: expected all, a count, or device=0,1"),
-    ('{"gpus": "all --privileged"}', "gpus: expected all, a count, or device=0,1"),
-    ('{"capabilities": "compute,bogus"}', "capabilities: unknown capability bogus"),
-    ('{"runtimes": "docker"}', "runtimes: expected a list of runtime names"),
-    ('{"runtimes": ["podman"]}', "runtimes: unknown runtime podman"),
-    ('{"runtimes": ["docker", "docker"]}', "runtimes: a runtime is listed twice"),
-    ('{"schema": 2}', "schema: expected 1, got 2"),
-    ('{"schema": 1,', "not valid JSON"),
-    ("[]", "expected a JSON object, got a list"),
-    ('{"b": 1, "a": 2}', "unknown key 'a' (known: "),
-])
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ('{"expected_gpu": 2}', "unknown key 'expected_gpu'"),
+        ('{"expected_gpus": "2"}', 'expected_gpus: expected an integer >= 0, got "2"'),
+        ('{"expected_gpus": true}', "expected_gpus: expected an integer >= 0, got true"),
+        ('{"expected_gpus": -1}', "expected_gpus: expected an integer >= 0, got -1"),
+        ('{"driver_branch": 580}', "driver_branch: expected a driver branch as a string"),
+        ('{"driver_branch": "latest"}', "driver_branch: expected a driver branch"),
+        ('{"require_gpu": "yes"}', "require_gpu: expected true or false"),
+        ('{"container_test": 1}', "container_test: expected true or false"),
+        ('{"container_image": ""}', "container_image: expected a container image reference"),
+        # An option in the image's place would reach docker as an option (issue 16, F6).
+        ('{"container_image": "--privileged"}', "container_image: expected a container image reference"),
+        ('{"container_image": "-v/:/host alpine"}', "container_image: expected a container image reference"),
+        ('{"gpus": null}', "gpus: expected all, a count, or device=0,1"),
+        ('{"gpus": "all --privileged"}', "gpus: expected all, a count, or device=0,1"),
+        ('{"capabilities": "compute,bogus"}', "capabilities: unknown capability bogus"),
+        ('{"runtimes": "docker"}', "runtimes: expected a list of runtime names"),
+        ('{"runtimes": ["podman"]}', "runtimes: unknown runtime podman"),
+        ('{"runtimes": ["docker", "docker"]}', "runtimes: a runtime is listed twice"),
+        ('{"schema": 2}', "schema: expected 1, got 2"),
+        ('{"schema": 1,', "not valid JSON"),
+        ("[]", "expected a JSON object, got a list"),
+        ('{"b": 1, "a": 2}', "unknown key 'a' (known: "),
+    ],
+)
 def test_config_errors_exit_2_with_one_line(tmp_path: Path, config_text: str, message: str) -> None:
     config = tmp_path / "gpu-check.json"
     config.write_text(config_text, encoding="utf-8")
@@ -749,15 +1068,18 @@ def test_all_config_problems_are_reported_together(tmp_path: Path) -> None:
     assert re.search(r"unknown key 'alpha'.*expected_gpus: .*unknown key 'zeta'", done.stderr)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--driver-branch", "abc"), "command line: driver_branch: expected a driver branch"),
-    (("--gpus", ""), "command line: gpus: expected all, a count, or device=0,1"),
-    (("--capabilities", "compute,gpu"), "command line: capabilities: unknown capability gpu"),
-    (("--expected-gpus", "-1"), "argument --expected-gpus: expected an integer >= 0, got -1"),
-    (("--expected-gpus", "two"), "argument --expected-gpus: expected an integer >= 0, got 'two'"),
-    (("--config", "/nonexistent/gpu-check.json"), "/nonexistent/gpu-check.json: config file not found"),
-    (("--bogus",), "unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--driver-branch", "abc"), "command line: driver_branch: expected a driver branch"),
+        (("--gpus", ""), "command line: gpus: expected all, a count, or device=0,1"),
+        (("--capabilities", "compute,gpu"), "command line: capabilities: unknown capability gpu"),
+        (("--expected-gpus", "-1"), "argument --expected-gpus: expected an integer >= 0, got -1"),
+        (("--expected-gpus", "two"), "argument --expected-gpus: expected an integer >= 0, got 'two'"),
+        (("--config", "/nonexistent/gpu-check.json"), "/nonexistent/gpu-check.json: config file not found"),
+        (("--bogus",), "unrecognized arguments: --bogus"),
+    ],
+)
 def test_bad_command_lines_exit_2(args: tuple[str, ...], message: str) -> None:
     done = run_program(*args)
     assert done.returncode == 2
@@ -766,14 +1088,28 @@ def test_bad_command_lines_exit_2(args: tuple[str, ...], message: str) -> None:
 
 
 def run_program(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(PROGRAM), *args], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/nonexistent"}, check=False)
+    return subprocess.run(
+        [sys.executable, str(PROGRAM), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/nonexistent"},
+        check=False,
+    )
 
 
 def test_the_documented_example_config_is_accepted_and_the_command_line_wins(machine: FakeMachine) -> None:
-    machine.config = {"schema": 1, "driver_branch": "580", "expected_gpus": 0, "require_gpu": False,
-                      "container_test": True, "container_image": "nvidia/cuda:12.9.1-base-ubuntu24.04",
-                      "gpus": "all", "capabilities": "compute,utility", "runtimes": ["docker"]}
+    machine.config = {
+        "schema": 1,
+        "driver_branch": "580",
+        "expected_gpus": 0,
+        "require_gpu": False,
+        "container_test": True,
+        "container_image": "nvidia/cuda:12.9.1-base-ubuntu24.04",
+        "gpus": "all",
+        "capabilities": "compute,utility",
+        "runtimes": ["docker"],
+    }
     machine.with_gpus(h200_replies())
     run = machine.run("--expected-gpus", "1", "--no-container-test")
     result = assert_valid_result(run.result)
@@ -791,9 +1127,17 @@ def test_missing_default_config_means_defaults(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(gpu_check, "DEFAULT_CONFIG_PATH", str(present))
     assert gpu_check.load_config_file(None) == ({"expected_gpus": 4}, str(present))
     assert gpu_check.CONFIG_DEFAULTS == {
-        "schema": 1, "driver_branch": None, "expected_gpus": 0, "require_gpu": False, "container_test": True,
-        "container_image": "nvidia/cuda:12.9.1-base-ubuntu24.04", "gpus": "all",
-        "capabilities": "compute,utility", "runtimes": ["docker"], "repository_keys": []}
+        "schema": 1,
+        "driver_branch": None,
+        "expected_gpus": 0,
+        "require_gpu": False,
+        "container_test": True,
+        "container_image": "nvidia/cuda:12.9.1-base-ubuntu24.04",
+        "gpus": "all",
+        "capabilities": "compute,utility",
+        "runtimes": ["docker"],
+        "repository_keys": [],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -815,12 +1159,14 @@ def test_human_summary_has_one_line_per_check_then_the_overall_line(machine: Fak
     assert "gpu_count: 1 GPU found, 2 expected" in run.motd
 
 
-@pytest.mark.parametrize(("args", "status", "motd_words"), [
-    ((), "pass", "PASS at "),
-    (("--require-gpu",), "no-gpu", "NO-GPU at "),
-])
-def test_login_message_is_one_line(machine: FakeMachine, args: tuple[str, ...], status: str,
-                                   motd_words: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "status", "motd_words"),
+    [
+        ((), "pass", "PASS at "),
+        (("--require-gpu",), "no-gpu", "NO-GPU at "),
+    ],
+)
+def test_login_message_is_one_line(machine: FakeMachine, args: tuple[str, ...], status: str, motd_words: str) -> None:
     if status == "pass":
         machine.with_gpus(h200_replies())
     run = machine.run(*args)
@@ -893,8 +1239,11 @@ def python_3_6_violations(source: str) -> list[str]:
             problems.append(f"line {node.lineno}: import dataclasses")
         if isinstance(node, ast.keyword) and node.arg in ("capture_output", "text"):
             problems.append(f"line {node.lineno}: keyword {node.arg}= (Python 3.7+)")
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
-                node.value.id in ("list", "dict", "tuple", "set", "type", "frozenset"):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("list", "dict", "tuple", "set", "type", "frozenset")
+        ):
             problems.append(f"line {node.lineno}: {node.value.id}[...] (Python 3.9+)")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and _is_annotation_part(node, tree):
             problems.append(f"line {node.lineno}: X | Y annotation (Python 3.10+)")
@@ -915,15 +1264,18 @@ def test_program_uses_nothing_newer_than_python_3_6() -> None:
     assert python_3_6_violations(PROGRAM.read_text(encoding="utf-8")) == []
 
 
-@pytest.mark.parametrize(("snippet", "problem"), [
-    ("from __future__ import annotations\n", "from __future__"),
-    ("import dataclasses\n", "import dataclasses"),
-    ("import subprocess\nsubprocess.run(['x'], capture_output=True)\n", "capture_output="),
-    ("def f(x: list[str]) -> None: pass\n", "list[...]"),
-    ("def f(x: 'int | None') -> int | None: pass\n", "X | Y annotation"),
-    ("x = 1\nprint(f'{x=}')\n", "only supported in Python 3.8"),
-    ("if (n := 3) > 2: pass\n", "only supported in Python 3.8"),
-])
+@pytest.mark.parametrize(
+    ("snippet", "problem"),
+    [
+        ("from __future__ import annotations\n", "from __future__"),
+        ("import dataclasses\n", "import dataclasses"),
+        ("import subprocess\nsubprocess.run(['x'], capture_output=True)\n", "capture_output="),
+        ("def f(x: list[str]) -> None: pass\n", "list[...]"),
+        ("def f(x: 'int | None') -> int | None: pass\n", "X | Y annotation"),
+        ("x = 1\nprint(f'{x=}')\n", "only supported in Python 3.8"),
+        ("if (n := 3) > 2: pass\n", "only supported in Python 3.8"),
+    ],
+)
 def test_the_python_3_6_guard_catches_newer_constructs(snippet: str, problem: str) -> None:
     assert any(problem in text for text in python_3_6_violations(snippet)), python_3_6_violations(snippet)
 
@@ -974,15 +1326,22 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 def test_unit_is_a_oneshot_after_the_gpu_and_container_services() -> None:
     settings = unit_settings(UNIT.read_text(encoding="utf-8"))
     after = " ".join(settings["Unit.After"]).split()
-    assert set(after) == {"network-online.target", "nvidia-persistenced.service", "nvidia-fabricmanager.service",
-                          "docker.service", "containerd.service", "crio.service"}
+    assert set(after) == {
+        "network-online.target",
+        "nvidia-persistenced.service",
+        "nvidia-fabricmanager.service",
+        "docker.service",
+        "containerd.service",
+        "crio.service",
+    }
     assert settings["Unit.Wants"] == ["network-online.target"]
     assert settings["Service.Type"] == ["oneshot"]
     assert settings["Service.RemainAfterExit"] == ["yes"]
     assert settings["Service.ExecStart"] == ["/usr/local/sbin/bakegen-gpu-check"]
     assert settings["Install.WantedBy"] == ["multi-user.target"]
-    ordering = " ".join(value for key in ("Unit.After", "Unit.Before", "Unit.Requires", "Unit.Wants")
-                        for value in settings.get(key, []))
+    ordering = " ".join(
+        value for key in ("Unit.After", "Unit.Before", "Unit.Requires", "Unit.Wants") for value in settings.get(key, [])
+    )
     assert "cloud-final" not in ordering
 
 
@@ -995,8 +1354,12 @@ def systemd_seconds(value: str) -> int:
 
 def test_unit_timeout_outlasts_the_programs_own_worst_case() -> None:
     settings = unit_settings(UNIT.read_text(encoding="utf-8"))
-    worst = (3 * gpu_check.NVIDIA_SMI_TIMEOUT + len(gpu_check.KNOWN_RUNTIMES) * gpu_check.RUNTIME_QUERY_TIMEOUT
-             + gpu_check.SYSTEMCTL_TIMEOUT + gpu_check.CONTAINER_TEST_TIMEOUT)
+    worst = (
+        3 * gpu_check.NVIDIA_SMI_TIMEOUT
+        + len(gpu_check.KNOWN_RUNTIMES) * gpu_check.RUNTIME_QUERY_TIMEOUT
+        + gpu_check.SYSTEMCTL_TIMEOUT
+        + gpu_check.CONTAINER_TEST_TIMEOUT
+    )
     assert systemd_seconds(settings["Service.TimeoutStartSec"][0]) > worst
 
 
@@ -1032,11 +1395,14 @@ def test_unit_passes_systemd_analyze_verify(systemd_root: Path) -> None:
     assert verify_unit(systemd_root, UNIT.read_text(encoding="utf-8")) == ""
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("Type=oneshot", "Type=oneshoot"),
-    ("RemainAfterExit=yes", "RemainAfterExt=yes"),
-    ("TimeoutStartSec=10min", "TimeoutStartSec=ten"),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("Type=oneshot", "Type=oneshoot"),
+        ("RemainAfterExit=yes", "RemainAfterExt=yes"),
+        ("TimeoutStartSec=10min", "TimeoutStartSec=ten"),
+    ],
+)
 def test_verify_catches_a_broken_unit(systemd_root: Path, old: str, new: str) -> None:
     text = UNIT.read_text(encoding="utf-8")
     assert old in text
@@ -1113,9 +1479,13 @@ def steady(gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_device_captures_replayed_here_give_the_same_result(machine: FakeMachine, run_dir: Path) -> None:
     """Feed the real captures back through a fake nvidia-smi: the program must reach the same verdicts."""
     original = read_json(run_dir / "result.json")
-    machine.with_gpus(smi_replies(fixture_text(run_dir / "query-gpu.csv"),
-                                           fixture_text(run_dir / "nvidia-smi-q.xml"),
-                                           fixture_text(run_dir / "topo-m.txt")))
+    machine.with_gpus(
+        smi_replies(
+            fixture_text(run_dir / "query-gpu.csv"),
+            fixture_text(run_dir / "nvidia-smi-q.xml"),
+            fixture_text(run_dir / "topo-m.txt"),
+        )
+    )
     machine.proc_version = run_dir / "proc-version.txt"
     machine.config = {key: original["config"]["settings"][key] for key in ("expected_gpus", "driver_branch")}
     run = machine.run()
@@ -1136,6 +1506,8 @@ def test_two_gpu_device_run_shows_nvlink_and_a_completed_fabric() -> None:
     assert (link["nvlink"], link["nvswitch_fabric"]) == (True, True)
     assert link["topology"]["pairs"] == [{"gpus": [0, 1], "link": "NV18"}]
     assert [(entry["index"], entry["state"], entry["status"]) for entry in link["fabric"]] == [
-        (0, "Completed", "Success"), (1, "Completed", "Success")]
+        (0, "Completed", "Success"),
+        (1, "Completed", "Success"),
+    ]
     fabric = next(check for check in result["checks"] if check["name"] == "fabric")
     assert (fabric["status"], fabric["required"]) == ("pass", True)

@@ -44,7 +44,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str]:
         stack.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if state.get(target) is None and (found := visit(target)):
                 return found
         stack.pop()
@@ -68,5 +68,8 @@ def test_nothing_imports_the_dispatcher() -> None:
 
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert cycle({"cli": {"packer_runner"}, "packer_runner": {"cli", "model"}, "model": set()}) == [
-        "cli", "packer_runner", "cli"]
+        "cli",
+        "packer_runner",
+        "cli",
+    ]
     assert cycle({"a": {"b"}, "b": set()}) == []

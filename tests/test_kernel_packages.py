@@ -16,8 +16,13 @@ from tests.helpers import script_functions
 
 
 def patterns(functions: Path, kernel: str) -> list[str]:
-    done = subprocess.run(["bash", "-c", 'source "$1"; kernel_package_patterns "$2"', "k", str(functions), kernel],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        ["bash", "-c", 'source "$1"; kernel_package_patterns "$2"', "k", str(functions), kernel],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout.split()
 
 

@@ -35,7 +35,6 @@ def corpus() -> Iterator[list[KeyFile]]:
         gpg.close()
 
 
-
 CASE_NAMES = [
     "armored", "binary", "foreign-certification", "unsigned-extra-user-id", "expired-subkey",
     "secret-stub-appended", "secret-stub-appended-binary", "secret-key-appended", "pinned-as-secret-key",
@@ -91,11 +90,15 @@ def test_a_key_without_a_verified_fingerprint_is_refused_before_it_is_downloaded
     driver = (
         'source "$1"; TMP_DIR=$(mktemp -d); LOG_FILE=/dev/null; '
         'curl() { echo "curl must not run" >&2; exit 99; }; '
-        'install_key https://developer.download.nvidia.com/compute/cuda/repos/fedora43/x86_64/1940C73E.pub '
+        "install_key https://developer.download.nvidia.com/compute/cuda/repos/fedora43/x86_64/1940C73E.pub "
         'UNVERIFIED "$2" 1'
     )
-    result = subprocess.run(["bash", "-c", driver, "unverified", str(functions), str(tmp_path / "key")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-c", driver, "unverified", str(functions), str(tmp_path / "key")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 4, result.stderr
     assert "knows no verified fingerprint" in result.stderr and "--key-fingerprint NAME=" in result.stderr
     assert not (tmp_path / "key").exists()

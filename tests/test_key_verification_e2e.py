@@ -134,7 +134,7 @@ def test_pinned_key_with_extras_is_stored_alone_and_a_poisoned_keyring_is_replac
     assert listing.count(":public key packet:") == 1 and ":secret" not in listing
     assert f"keyid {standin_mirror.wrong_fingerprint[-16:]}" not in listing  # the attacker's certification dropped
 
-    chroot.host_path(KEYRING).write_bytes(stored + case(corpus, "secret-stub-appended-binary").data[len(stored):])
+    chroot.host_path(KEYRING).write_bytes(stored + case(corpus, "secret-stub-appended-binary").data[len(stored) :])
     poisoned = chroot.host_path(KEYRING).read_bytes()
     assert poisoned != stored and standin_mirror.fingerprint in key_fingerprints(poisoned)
     standin_mirror.set_key(None)
@@ -166,7 +166,8 @@ def rpm_payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"missing {', '.join(missing)} (tests/setup.sh installs them)")
     top = tmp_path_factory.mktemp("rpmbuild")
     spec = top / f"{PAYLOAD}.spec"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         Name: {PAYLOAD}
         Version: 1.0
         Release: 1
@@ -180,7 +181,8 @@ def rpm_payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
         echo stand-in > %{{buildroot}}/usr/share/{PAYLOAD}/marker
         %files
         /usr/share/{PAYLOAD}/marker
-        """))
+        """)
+    )
     subprocess.run(["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], check=True, capture_output=True)
     (rpm,) = (top / "RPMS" / "noarch").glob("*.rpm")
     return rpm
@@ -192,8 +194,17 @@ def signed_rpm_repo(gpg: Gpg, signer: str, rpm: Path, folder: Path) -> Path:
     target = folder / rpm.name
     target.write_bytes(rpm.read_bytes())
     subprocess.run(
-        ["rpmsign", "--addsign", "--define", "__gpg /usr/bin/gpg", "--define", f"_gpg_path {gpg.home}",
-         "--define", f"_gpg_name {signer}", str(target)],
+        [
+            "rpmsign",
+            "--addsign",
+            "--define",
+            "__gpg /usr/bin/gpg",
+            "--define",
+            f"_gpg_path {gpg.home}",
+            "--define",
+            f"_gpg_name {signer}",
+            str(target),
+        ],
         check=True,
         capture_output=True,
     )

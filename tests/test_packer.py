@@ -116,8 +116,9 @@ def test_every_file_parses_with_hashicorps_parser(rendered: dict[str, Path], nam
 
 @pytest.mark.parametrize("name", IDS)
 def test_packer_fmt_check_is_clean(rendered: dict[str, Path], name: str) -> None:
-    result = subprocess.run([packer_binary(), "fmt", "-check", "-diff", str(rendered[name])],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [packer_binary(), "fmt", "-check", "-diff", str(rendered[name])], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"packer fmt would change:\n{result.stdout}{result.stderr}"
 
 
@@ -130,8 +131,13 @@ def validated(rendered: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     def one(name: str) -> Validation:
         copy = root / name
         removed = make_legacy_copy(rendered[name], copy)
-        result = subprocess.run([packer, "validate", "-var-file=example.pkrvars.hcl", "."], cwd=copy,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [packer, "validate", "-var-file=example.pkrvars.hcl", "."],
+            cwd=copy,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return Validation(copy, {(r.source_type, r.field) for r in removed}, result)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -190,8 +196,13 @@ def test_packer_1_6_rejects_what_the_copy_leaves_out(rendered: dict[str, Path], 
         folder = tmp_path / name
         shutil.copytree(rendered[name], folder)
         (folder / "plugins.pkr.hcl").unlink()
-        result = subprocess.run([packer_binary(), "validate", "-var-file=example.pkrvars.hcl", "."], cwd=folder,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [packer_binary(), "validate", "-var-file=example.pkrvars.hcl", "."],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode != 0
         said += result.stdout + result.stderr
     for _, field in STRIPPED_FOR_PACKER_1_6:
@@ -247,7 +258,9 @@ def test_aws_source_is_official_encrypted_and_imdsv2(rendered: dict[str, Path], 
     assert aws["source_ami_filter"]["most_recent"] is True
     root = aws["launch_block_device_mappings"]
     assert (root["volume_type"], root["encrypted"], root["device_name"]) == (
-        "gp3", True, d.clouds[Cloud.AWS].settings["root_device"]
+        "gp3",
+        True,
+        d.clouds[Cloud.AWS].settings["root_device"],
     )
     assert aws["encrypt_boot"] is True
     assert aws["metadata_options"]["http_tokens"] == "required"
@@ -284,8 +297,14 @@ def test_build_waits_installs_reboots_verifies_cleans_in_that_order(rendered: di
     assert verify["valid_exit_codes"] == [0]
     cleanup = "\n".join(clean["inline"])
     assert "if command -v cloud-init >/dev/null; then sudo cloud-init clean" in cleanup
-    for needed in ("cloud-init clean", "/etc/machine-id", "/var/lib/bakegen/gpu-check.json", "/etc/ssh/ssh_host_",
-                   "authorized_keys", "/var/log"):
+    for needed in (
+        "cloud-init clean",
+        "/etc/machine-id",
+        "/var/lib/bakegen/gpu-check.json",
+        "/etc/ssh/ssh_host_",
+        "authorized_keys",
+        "/var/log",
+    ):
         assert needed in cleanup
     assert build["post-processor"]["manifest"]["custom_data"]["distribution"] == name.rsplit("-", 1)[0]
     assert "name" not in build, "a named build makes -only=TYPE.gpu match nothing on Packer 1.6.6"
@@ -370,8 +389,14 @@ def fake_packer(tmp_path: Path) -> FakePacker:
 
 
 def bakegen_packer(*args: str, env: dict[str, str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "generator", "packer", *args], cwd=cwd, env={**env, **extra_env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "generator", "packer", *args],
+        cwd=cwd,
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_runner_validates_with_only_and_the_example_values(fake_packer: FakePacker, tmp_path: Path) -> None:
@@ -380,22 +405,42 @@ def test_runner_validates_with_only_and_the_example_values(fake_packer: FakePack
     folder = "out/debian12/x86_64/packer"
     assert fake_packer.runs() == [["validate", "-only=qemu.gpu", f"-var-file={folder}/example.pkrvars.hcl", folder]]
     assert (tmp_path / folder / "sources.pkr.hcl").is_file()
-    assert "source \"amazon-ebs\"" not in (tmp_path / folder / "sources.pkr.hcl").read_text()
+    assert 'source "amazon-ebs"' not in (tmp_path / folder / "sources.pkr.hcl").read_text()
     assert "fake packer output for validate" in result.stdout, "packer's output is streamed, not swallowed"
 
 
 def test_runner_build_passes_only_var_files_and_extra_args(fake_packer: FakePacker, tmp_path: Path) -> None:
     (tmp_path / "my.pkrvars.hcl").write_text('image_name = "team-gpu"\n')
     result = bakegen_packer(
-        "ubuntu24.04", "--arch", "aarch64", "--cloud", "aws,qemu", "--driver-branch", "570", "build",
-        "--var-file", "my.pkrvars.hcl", "--out", "gen", "--", "-on-error=abort", "-timestamp-ui",
-        env=fake_packer.env, cwd=tmp_path,
+        "ubuntu24.04",
+        "--arch",
+        "aarch64",
+        "--cloud",
+        "aws,qemu",
+        "--driver-branch",
+        "570",
+        "build",
+        "--var-file",
+        "my.pkrvars.hcl",
+        "--out",
+        "gen",
+        "--",
+        "-on-error=abort",
+        "-timestamp-ui",
+        env=fake_packer.env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     folder = "gen/ubuntu24.04/aarch64/packer"
     assert fake_packer.runs() == [
-        ["build", "-only=amazon-ebs.gpu,qemu.gpu", "-var-file=my.pkrvars.hcl", "-on-error=abort", "-timestamp-ui",
-         folder]
+        [
+            "build",
+            "-only=amazon-ebs.gpu,qemu.gpu",
+            "-var-file=my.pkrvars.hcl",
+            "-on-error=abort",
+            "-timestamp-ui",
+            folder,
+        ]
     ]
     assert "570" in (tmp_path / folder / "scripts" / "bakegen-install.sh").read_text()
 
@@ -411,8 +456,9 @@ def test_runner_without_cloud_builds_every_source_and_init_takes_the_folder(
 
 @pytest.mark.parametrize("code,expected", [(0, 0), (1, 1), (3, 3), (-15, 143)])
 def test_runner_returns_packers_exit_code(fake_packer: FakePacker, tmp_path: Path, code: int, expected: int) -> None:
-    result = bakegen_packer("debian12", "--cloud", "qemu", "build", env=fake_packer.env, cwd=tmp_path,
-                            FAKE_PACKER_EXIT=str(code))
+    result = bakegen_packer(
+        "debian12", "--cloud", "qemu", "build", env=fake_packer.env, cwd=tmp_path, FAKE_PACKER_EXIT=str(code)
+    )
     assert result.returncode == expected
     assert f"packer build exited {expected}" in result.stderr
 
@@ -428,16 +474,29 @@ def test_runner_without_packer_says_how_to_install_it(fake_packer: FakePacker, t
 
 
 def test_runner_rejects_a_packer_that_is_not_hashicorps(fake_packer: FakePacker, tmp_path: Path) -> None:
-    result = bakegen_packer("debian12", "validate", env=fake_packer.env, cwd=tmp_path,
-                            FAKE_PACKER_VERSION_OUTPUT="usage: packer dict")
+    result = bakegen_packer(
+        "debian12", "validate", env=fake_packer.env, cwd=tmp_path, FAKE_PACKER_VERSION_OUTPUT="usage: packer dict"
+    )
     assert result.returncode == 1
     assert "does not look like HashiCorp Packer" in result.stderr
     assert fake_packer.runs() == []
 
 
 def test_dry_run_prints_the_exact_commands_and_runs_nothing(fake_packer: FakePacker, tmp_path: Path) -> None:
-    result = bakegen_packer("debian12", "--cloud", "gcp,qemu", "build", "--dry-run", "--var-file", "/etc/hostname",
-                            "--", "-var", "image_name=a b", env=fake_packer.env, cwd=tmp_path)
+    result = bakegen_packer(
+        "debian12",
+        "--cloud",
+        "gcp,qemu",
+        "build",
+        "--dry-run",
+        "--var-file",
+        "/etc/hostname",
+        "--",
+        "-var",
+        "image_name=a b",
+        env=fake_packer.env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert fake_packer.calls() == [], "a dry run runs nothing, not even `packer version`"
     assert result.stdout.splitlines() == [
@@ -472,8 +531,9 @@ def test_runner_usage_errors_are_one_line_exit_2(
 
 
 def test_old_packer_validate_runs_on_a_compatibility_copy(fake_packer: FakePacker, tmp_path: Path) -> None:
-    result = bakegen_packer("debian12", "validate", env=fake_packer.env, cwd=tmp_path,
-                            FAKE_PACKER_VERSION_OUTPUT="Packer v1.6.6")
+    result = bakegen_packer(
+        "debian12", "validate", env=fake_packer.env, cwd=tmp_path, FAKE_PACKER_VERSION_OUTPUT="Packer v1.6.6"
+    )
     assert result.returncode == 0, result.stderr
     (call,) = [c for c in fake_packer.calls() if c["argv"] != ["version"]]
     copy = call["argv"][-1]
@@ -490,8 +550,9 @@ def test_old_packer_build_needs_the_flag_and_never_drops_security_settings(
     plain = bakegen_packer("debian12", "--cloud", "qemu", "build", env=fake_packer.env, cwd=tmp_path, **old)
     assert plain.returncode == 1
     assert "needs Packer >= 1.7" in plain.stderr and "--legacy-packer" in plain.stderr
-    aws = bakegen_packer("debian12", "--cloud", "aws,qemu", "build", "--legacy-packer", env=fake_packer.env,
-                         cwd=tmp_path, **old)
+    aws = bakegen_packer(
+        "debian12", "--cloud", "aws,qemu", "build", "--legacy-packer", env=fake_packer.env, cwd=tmp_path, **old
+    )
     assert aws.returncode == 1
     assert "amazon-ebs.imds_support, amazon-ebs.metadata_options" in aws.stderr
     every = bakegen_packer("debian12", "build", "--legacy-packer", env=fake_packer.env, cwd=tmp_path, **old)
@@ -499,8 +560,9 @@ def test_old_packer_build_needs_the_flag_and_never_drops_security_settings(
     init = bakegen_packer("debian12", "init", env=fake_packer.env, cwd=tmp_path, **old)
     assert init.returncode == 1 and "packer init needs Packer >= 1.7" in init.stderr
     assert fake_packer.runs() == []
-    qemu = bakegen_packer("debian12", "--cloud", "qemu", "build", "--legacy-packer", env=fake_packer.env,
-                          cwd=tmp_path, **old)
+    qemu = bakegen_packer(
+        "debian12", "--cloud", "qemu", "build", "--legacy-packer", env=fake_packer.env, cwd=tmp_path, **old
+    )
     assert qemu.returncode == 0, qemu.stderr
     (run,) = fake_packer.runs()
     assert run[:2] == ["build", "-only=qemu.gpu"] and run[-1] != "out/debian12/x86_64/packer"
@@ -512,12 +574,24 @@ def test_old_packer_build_needs_the_flag_and_never_drops_security_settings(
 def test_bakegen_packer_validate_works_with_debians_packer(tmp_path: Path) -> None:
     packer_binary()
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHECKPOINT_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-m", "generator", "packer", "debian12", "validate"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "generator", "packer", "debian12", "validate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "packer validate exited 0" in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "generator", "packer", "debian12", "validate", "--", "-var",
-                          "image_name=Not_Valid"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    bad = subprocess.run(
+        [sys.executable, "-m", "generator", "packer", "debian12", "validate", "--", "-var", "image_name=Not_Valid"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert bad.returncode == 1, "a failing packer validate fails bakegen"
     assert "image_name must be 3 to 20 characters" in bad.stdout + bad.stderr
 
@@ -548,8 +622,9 @@ GCP_IDS = [f"{d}-{a}" for d, a in MATRIX if Cloud.GCP in load_distro(descriptor_
 def test_gcp_label_values_are_what_gcp_accepts(rendered: dict[str, Path], name: str) -> None:
     values = _gcp_label_values(rendered[name])
     assert values and all(GCP_LABEL_VALUE.fullmatch(v) for v in values.values()), values
-    assert " " in str(load(rendered[name], "sources.pkr.hcl")["locals"]["image_labels"]["driver"]), \
+    assert " " in str(load(rendered[name], "sources.pkr.hcl")["locals"]["image_labels"]["driver"]), (
         "the driver label has spaces: the rule is exercised"
+    )
 
 
 def test_gcp_gpu_machines_stop_for_host_maintenance(rendered: dict[str, Path]) -> None:

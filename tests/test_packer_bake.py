@@ -60,26 +60,41 @@ def test_bake_debian12_with_packer_and_qemu_then_boot_the_image(
     http = write_http_seed(tmp_path / "http", seed_user_data(user, public_key, [standin_mirror.ca_pem]))
     serial = tmp_path / "bake-serial.log"
     output = tmp_path / "output"
-    (tmp_path / "bake.pkrvars.hcl").write_text(pkrvars({
-        "qemu_base_image": str(base.base),
-        "qemu_base_image_checksum": "none",
-        "qemu_accelerator": "tcg",
-        "qemu_ssh_private_key_file": str(key),
-        "qemu_http_directory": str(http),
-        "qemu_output_directory": str(output),
-        "qemu_extra_args": [*direct_kernel_boot(base), ["-serial", f"file:{serial}"]],
-        "root_volume_gb": ROOT_GB,
-    }))
+    (tmp_path / "bake.pkrvars.hcl").write_text(
+        pkrvars(
+            {
+                "qemu_base_image": str(base.base),
+                "qemu_base_image_checksum": "none",
+                "qemu_accelerator": "tcg",
+                "qemu_ssh_private_key_file": str(key),
+                "qemu_http_directory": str(http),
+                "qemu_output_directory": str(output),
+                "qemu_extra_args": [*direct_kernel_boot(base), ["-serial", f"file:{serial}"]],
+                "root_volume_gb": ROOT_GB,
+            }
+        )
+    )
     log = tmp_path / "bake.log"
     code, bake_s = run_bake(
         [
-            DISTRO, "--cloud", "qemu", "--no-driver",
-            "--mirror", f"nvidia-container-toolkit={standin_mirror.base_url_for('10.0.2.2')}",
-            "--key-fingerprint", f"nvidia-container-toolkit={standin_mirror.fingerprint}",
-            "--out", str(tmp_path / "gen"),
-            "build", "--legacy-packer", "--var-file", str(tmp_path / "bake.pkrvars.hcl"),
+            DISTRO,
+            "--cloud",
+            "qemu",
+            "--no-driver",
+            "--mirror",
+            f"nvidia-container-toolkit={standin_mirror.base_url_for('10.0.2.2')}",
+            "--key-fingerprint",
+            f"nvidia-container-toolkit={standin_mirror.fingerprint}",
+            "--out",
+            str(tmp_path / "gen"),
+            "build",
+            "--legacy-packer",
+            "--var-file",
+            str(tmp_path / "bake.pkrvars.hcl"),
         ],
-        cwd=tmp_path, log=log, timeout_s=BAKE_TIMEOUT_S,
+        cwd=tmp_path,
+        log=log,
+        timeout_s=BAKE_TIMEOUT_S,
     )
     result = read_result(tmp_path, output, code, bake_s, log)
     context = f"bake exit {code} after {bake_s:.0f} s\n--- bake log:\n{tail(log)}\n--- serial:\n{tail(serial, 30)}"
@@ -96,8 +111,14 @@ def test_bake_debian12_with_packer_and_qemu_then_boot_the_image(
     assert build["custom_data"]["distribution"] == DISTRO and build["custom_data"]["driver"] == "none"
 
     # A new instance from the image: cloud-init runs afresh and the first-boot check writes its result.
-    baked = VmImage(release=base.release, key="baked", base=result.image, kernel=base.kernel, initrd=base.initrd,
-                    kernel_version=base.kernel_version)
+    baked = VmImage(
+        release=base.release,
+        key="baked",
+        base=result.image,
+        kernel=base.kernel,
+        initrd=base.initrd,
+        kernel_version=base.kernel_version,
+    )
     run = vm_boot(baked, "#cloud-config\n{}\n", boots="until-done", timeout_s=BOOT_TIMEOUT_S, disk_size=f"{ROOT_GB}G")
     assert run.last.end is BootEnd.POWEROFF, run.summary()
     assert run.last.cloud_init is not None and run.last.cloud_init.status == "done", run.summary()

@@ -50,16 +50,23 @@ HTTP_ALLOWED = {"packer/sources.pkr.hcl": ("http://{{ .HTTPIP }}:{{ .HTTPPort }}
 FORBIDDEN = [
     (re.compile(r"\bapt-key\b"), "apt-key (deprecated global trust)"),
     # apt takes yes and its boolean synonyms (StringToBool: yes/true/with/on/enable/1).
-    (re.compile(r"\btrusted\s*[=:]\s*[\"']?(yes|true|with|on|enable|1)\b", re.I),
-     "trusted=yes (unsigned apt repository)"),
+    (
+        re.compile(r"\btrusted\s*[=:]\s*[\"']?(yes|true|with|on|enable|1)\b", re.I),
+        "trusted=yes (unsigned apt repository)",
+    ),
     (re.compile(r"\bgpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "gpgcheck=0 (unsigned packages)"),
     (re.compile(r"\brepo_gpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "repo_gpgcheck=0 (unsigned metadata)"),
     (re.compile(r"\bpkg_gpgcheck\s*=\s*[\"']?(0|no|false|off)\b", re.I), "pkg_gpgcheck=0 (unsigned packages)"),
     (re.compile(r"\bsslverify\s*=\s*[\"']?(0|no|false|off)\b", re.I), "sslverify=0 (TLS unchecked)"),
     (re.compile(r"\b(curl|wget)\b[^\n;&]*\|\s*(sudo\s+)?(ba|z|da)?sh\b"), "a download piped into a shell"),
-    (re.compile(r"--no-gpg-checks|--nogpgcheck|--allow-unauthenticated|AllowInsecureRepositories"
-                r"|--allow-insecure-repositories|AllowDowngradeToInsecureRepositories|--no-check-certificate", re.I),
-     "a package manager or downloader told to skip signatures or certificates"),
+    (
+        re.compile(
+            r"--no-gpg-checks|--nogpgcheck|--allow-unauthenticated|AllowInsecureRepositories"
+            r"|--allow-insecure-repositories|AllowDowngradeToInsecureRepositories|--no-check-certificate",
+            re.I,
+        ),
+        "a package manager or downloader told to skip signatures or certificates",
+    ),
     (re.compile(r"(--insecure\b|\bCURL_OPTS=\([^)]*\s-k\b|\bcurl\b[^\n]*\s-k\b)"), "curl told not to check TLS"),
 ]
 
@@ -89,10 +96,15 @@ def _files(distro: str, arch: str, fmt: Format, hostile_descriptor: bool = False
 def _hostile_descriptor(distro: Distro) -> Distro:
     """A descriptor whose free-text and package values carry shell, YAML and HCL syntax (the schema would refuse
     some of them; the templates must not depend on that)."""
-    repos = {name: dataclasses.replace(spec, description=f"desc'\"{HOSTILE_MARK}`id`")
-             for name, spec in distro.repos.items()}
-    return dataclasses.replace(distro, name=f"Name'\"{HOSTILE_MARK}`id`\n${{x}}%{{y}}", repos=repos,
-                               base_packages=(*distro.base_packages, f"pkg{HOSTILE_MARK}"))
+    repos = {
+        name: dataclasses.replace(spec, description=f"desc'\"{HOSTILE_MARK}`id`") for name, spec in distro.repos.items()
+    }
+    return dataclasses.replace(
+        distro,
+        name=f"Name'\"{HOSTILE_MARK}`id`\n${{x}}%{{y}}",
+        repos=repos,
+        base_packages=(*distro.base_packages, f"pkg{HOSTILE_MARK}"),
+    )
 
 
 @functools.cache
@@ -110,8 +122,7 @@ def _scripts(file: RenderedFile) -> list[str]:
         return [file.content]
     if file.kind == "cloud-config":
         data = yaml.safe_load(file.content)
-        return [entry["content"] for entry in data.get("write_files", [])
-                if entry["path"].endswith("bakegen-install")]
+        return [entry["content"] for entry in data.get("write_files", []) if entry["path"].endswith("bakegen-install")]
     return []
 
 
@@ -132,14 +143,32 @@ def test_generated_files_trust_nothing_unchecked(case: tuple[str, str, Format]) 
 # Every spelling the policy must catch (issue 16, F9): a pattern that misses one of these is a hole in this test.
 HOSTILE_SPELLINGS = [
     "apt-key add key.asc",
-    "deb [trusted=yes] http://x /", "deb [trusted=on] https://x /", "deb [trusted=true] https://x /",
-    "deb [trusted=enable] https://x /", "Trusted: yes", "deb [ trusted = \"yes\" ] https://x /",
-    "gpgcheck=0", "gpgcheck=off", "gpgcheck=no", "gpgcheck=false", "repo_gpgcheck=0", "repo_gpgcheck = off",
-    "pkg_gpgcheck=0", "sslverify=0", "sslverify=false", "sslverify=off",
-    "curl -fsSL https://x/install.sh | sh", "wget -qO- https://x | sudo bash",
-    "dnf install --nogpgcheck x", "zypper --no-gpg-checks in x", "apt-get install --allow-unauthenticated x",
-    "apt-get update --allow-insecure-repositories", "-o Acquire::AllowInsecureRepositories=true",
-    "curl --insecure https://x", "curl -fsS -k https://x", "readonly CURL_OPTS=(--fail -k --silent)",
+    "deb [trusted=yes] http://x /",
+    "deb [trusted=on] https://x /",
+    "deb [trusted=true] https://x /",
+    "deb [trusted=enable] https://x /",
+    "Trusted: yes",
+    'deb [ trusted = "yes" ] https://x /',
+    "gpgcheck=0",
+    "gpgcheck=off",
+    "gpgcheck=no",
+    "gpgcheck=false",
+    "repo_gpgcheck=0",
+    "repo_gpgcheck = off",
+    "pkg_gpgcheck=0",
+    "sslverify=0",
+    "sslverify=false",
+    "sslverify=off",
+    "curl -fsSL https://x/install.sh | sh",
+    "wget -qO- https://x | sudo bash",
+    "dnf install --nogpgcheck x",
+    "zypper --no-gpg-checks in x",
+    "apt-get install --allow-unauthenticated x",
+    "apt-get update --allow-insecure-repositories",
+    "-o Acquire::AllowInsecureRepositories=true",
+    "curl --insecure https://x",
+    "curl -fsS -k https://x",
+    "readonly CURL_OPTS=(--fail -k --silent)",
     "wget --no-check-certificate https://x",
 ]
 
@@ -241,8 +270,9 @@ PARSER_CASES_CONTROL = [
 ]
 
 
-@pytest.mark.parametrize(("parse", "value"), [pytest.param(p, v, id=repr(v)[:40]) for p, v in PARSER_CASES]
-                         + PARSER_CASES_CONTROL)
+@pytest.mark.parametrize(
+    ("parse", "value"), [pytest.param(p, v, id=repr(v)[:40]) for p, v in PARSER_CASES] + PARSER_CASES_CONTROL
+)
 def test_option_parsers_reject_hostile_values(parse: Callable[[str], object], value: str) -> None:
     with pytest.raises(UsageError):
         parse(value)
@@ -271,7 +301,7 @@ def _safe_regions(script: str) -> list[tuple[int, int]]:
             i = start
             at_word_start = True
             continue
-        if ch == "'" :
+        if ch == "'":
             end = script.index("'", i + 1)
             safe.append((i + 1, end))
             i = end + 1
@@ -322,8 +352,12 @@ def _hostile_options(distro: str) -> dict[str, Any]:
     return {
         "mirrors": {first_repo: "https://mirror.test/a'b\"c`id`" + HOSTILE_MARK},
         "toolkit_version": "1.18.1'" + HOSTILE_MARK,
-        "check": dataclasses.replace(CheckOptions(), container_image="img'" + HOSTILE_MARK,
-                                     gpus='"device=0,1"' + HOSTILE_MARK, capabilities="compute" + HOSTILE_MARK),
+        "check": dataclasses.replace(
+            CheckOptions(),
+            container_image="img'" + HOSTILE_MARK,
+            gpus='"device=0,1"' + HOSTILE_MARK,
+            capabilities="compute" + HOSTILE_MARK,
+        ),
     }
 
 

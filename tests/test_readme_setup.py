@@ -41,8 +41,9 @@ def test_readme_setup_on_stock_debian12(bookworm_chroot: Chroot) -> None:
     project = [f for f in files.decode().split("\0") if f and not f.startswith("out/")]
     target = chroot.host_path("/src")
     target.mkdir()
-    archive = subprocess.run(["tar", "-C", str(REPO), "-cf", "-", "--", *project], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["tar", "-C", str(REPO), "-cf", "-", "--", *project], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-C", str(target), "-xf", "-"], input=archive, check=True, capture_output=True)
     command = readme_setup_command()
     done = chroot.run(f"cd /src && {command}", timeout=1200, check=False)

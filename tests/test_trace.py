@@ -37,8 +37,12 @@ from tests.support.trace import FakeMachine, KeyRing, Machine, Run, describe_key
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 REGEN = os.environ.get("BAKEGEN_TRACE_REGEN") == "1"
 FIXES = os.environ.get("BAKEGEN_TRACE_FIXES") == "1" or REGEN
-TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
-                    "libnvidia-container1")
+TOOLKIT_PACKAGES = (
+    "nvidia-container-toolkit",
+    "nvidia-container-toolkit-base",
+    "libnvidia-container-tools",
+    "libnvidia-container1",
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the trace harness runs scripts as root in mount namespaces"),
@@ -83,8 +87,10 @@ def patch_script(script: str, bug_ids: tuple[str, ...]) -> str:
                 continue
             applied.add((old, new))
             if old not in script:
-                raise AssertionError(f"the fix for {bug_id} no longer applies (fixed in the template?): remove it "
-                                     f"from BUGS and from the scenarios that name it. Missing text: {old[:80]!r}")
+                raise AssertionError(
+                    f"the fix for {bug_id} no longer applies (fixed in the template?): remove it "
+                    f"from BUGS and from the scenarios that name it. Missing text: {old[:80]!r}"
+                )
             script = script.replace(old, new)
     return script
 
@@ -111,22 +117,48 @@ def _default_bugs(distro_id: str) -> tuple[str, ...]:
 
 SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + [
     Scenario("ubuntu24.04-cuda-repo", "ubuntu24.04", {"driver_source": "cuda-repo"}, bugs=COMMON),
-    Scenario("ubuntu24.04-booted-gpu", "ubuntu24.04", machine=Machine(booted=True, gpu=True),
-             bugs=COMMON,
-             note="a running instance with systemd and one H200 (cloud-init's case)"),
-    Scenario("rhel9-booted", "rhel9",
-             machine=Machine(booted=True, files={"/etc/docker/daemon.json": '{\n    "log-driver": "journald"\n}\n'}),
-             bugs=COMMON, note="a running instance with systemd, no GPU, a daemon.json of its own"),
-    Scenario("ubuntu24.04-pinned", "ubuntu24.04", {"toolkit_version": "1.17.8", "install_driver": False},
-             mirrors=True,
-             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
-    Scenario("rhel9-pinned", "rhel9", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
-             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
-    Scenario("fedora43-pinned", "fedora43", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
-             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
-    Scenario("sles15-pinned", "sles15", {"toolkit_version": "1.17.8", "install_driver": False}, mirrors=True,
-
-             note="--no-driver --toolkit-version 1.17.8, every repository through --mirror"),
+    Scenario(
+        "ubuntu24.04-booted-gpu",
+        "ubuntu24.04",
+        machine=Machine(booted=True, gpu=True),
+        bugs=COMMON,
+        note="a running instance with systemd and one H200 (cloud-init's case)",
+    ),
+    Scenario(
+        "rhel9-booted",
+        "rhel9",
+        machine=Machine(booted=True, files={"/etc/docker/daemon.json": '{\n    "log-driver": "journald"\n}\n'}),
+        bugs=COMMON,
+        note="a running instance with systemd, no GPU, a daemon.json of its own",
+    ),
+    Scenario(
+        "ubuntu24.04-pinned",
+        "ubuntu24.04",
+        {"toolkit_version": "1.17.8", "install_driver": False},
+        mirrors=True,
+        note="--no-driver --toolkit-version 1.17.8, every repository through --mirror",
+    ),
+    Scenario(
+        "rhel9-pinned",
+        "rhel9",
+        {"toolkit_version": "1.17.8", "install_driver": False},
+        mirrors=True,
+        note="--no-driver --toolkit-version 1.17.8, every repository through --mirror",
+    ),
+    Scenario(
+        "fedora43-pinned",
+        "fedora43",
+        {"toolkit_version": "1.17.8", "install_driver": False},
+        mirrors=True,
+        note="--no-driver --toolkit-version 1.17.8, every repository through --mirror",
+    ),
+    Scenario(
+        "sles15-pinned",
+        "sles15",
+        {"toolkit_version": "1.17.8", "install_driver": False},
+        mirrors=True,
+        note="--no-driver --toolkit-version 1.17.8, every repository through --mirror",
+    ),
 ]
 
 
@@ -169,8 +201,15 @@ def _machine(base: Path, keys: KeyRing, distro: str, bugs: tuple[str, ...] = (),
 
 @pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=_marks(s.bugs)) for s in SCENARIOS])
 def test_first_and_second_run(scenario: Scenario, keys: KeyRing, machine_dir: Path) -> None:
-    with _machine(machine_dir, keys, scenario.distro, scenario.bugs, machine=scenario.machine,
-                  mirrors=scenario.mirrors, **scenario.options) as fake:
+    with _machine(
+        machine_dir,
+        keys,
+        scenario.distro,
+        scenario.bugs,
+        machine=scenario.machine,
+        mirrors=scenario.mirrors,
+        **scenario.options,
+    ) as fake:
         first = fake.run()
         second = fake.run()
         text = _fixture_text(scenario, fake, first, second, keys)
@@ -315,8 +354,9 @@ def _check_driver(scenario: Scenario, fake: FakeMachine, run: Run) -> None:
             assert name in installed, f"{name} not installed"
     elif driver.source.dkms:
         # DKMS built the module for the IMAGE's kernel, not the build host's (running) one.
-        assert any(p.startswith(f"/lib/modules/{image_kernel}/") and p.endswith("nvidia.ko")
-                   for p in run.state_after["owned"]), "no nvidia.ko built for the image's kernel"
+        assert any(
+            p.startswith(f"/lib/modules/{image_kernel}/") and p.endswith("nvidia.ko") for p in run.state_after["owned"]
+        ), "no nvidia.ko built for the image's kernel"
         # Headers first: the package's own DKMS build (running kernel) or the script's `dkms autoinstall -k`.
         headers = _index(run, r" install .*" + re.escape(plan.distro.kernel_headers.replace("{kernel}", image_kernel)))
         built = _index(run, r"^dkms autoinstall -k " + re.escape(image_kernel))
@@ -378,13 +418,16 @@ def test_not_root_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> N
     _untouched(run)
 
 
-@pytest.mark.parametrize(("distro", "os_id", "version"), [
-    ("rhel9", "rocky", "9.6"),  # a rebuild is another system: its own descriptor, its own script
-    ("ubuntu24.04", "ubuntu", "22.04"),
-    ("sles15", "sles", "12.5"),
-    ("debian12", "debian", "13"),
-    ("amzn2023", "fedora", "43"),
-])
+@pytest.mark.parametrize(
+    ("distro", "os_id", "version"),
+    [
+        ("rhel9", "rocky", "9.6"),  # a rebuild is another system: its own descriptor, its own script
+        ("ubuntu24.04", "ubuntu", "22.04"),
+        ("sles15", "sles", "12.5"),
+        ("debian12", "debian", "13"),
+        ("amzn2023", "fedora", "43"),
+    ],
+)
 def test_other_system_is_refused(distro: str, os_id: str, version: str, keys: KeyRing, machine_dir: Path) -> None:
     with _machine(machine_dir, keys, distro, machine=Machine(os_id=os_id, version_id=version)) as fake:
         run = fake.run()
@@ -425,29 +468,42 @@ def test_ubuntu_installs_the_kernel_flavours_modules_metapackage(
 # generated plan; this runs the generated script.)
 AUDITED_RUNS = {
     # EPEL added with repo_gpgcheck=1: it publishes no repomd.xml.asc, so the refresh fails.
-    "A1": ("rhel9", (("repos.epel.signs", {"metadata": True, "packages": True}),), {}, Machine(),
-           "repomd.xml.asc"),
+    "A1": ("rhel9", (("repos.epel.signs", {"metadata": True, "packages": True}),), {}, Machine(), "repomd.xml.asc"),
     # fedora43 with D42D0685.pub: its folder publishes only 1940C73E.pub (404).
-    "A2": ("fedora43", (("repos.cuda.key", "{cuda_repo}/{cuda_arch}/D42D0685.pub"),), {}, Machine(),
-           "D42D0685.pub"),
+    "A2": ("fedora43", (("repos.cuda.key", "{cuda_repo}/{cuda_arch}/D42D0685.pub"),), {}, Machine(), "D42D0685.pub"),
     # focal at 580: Canonical publishes 580-server for jammy and later only.
-    "A3": ("ubuntu20.04", (("driver.sources.ubuntu-drivers.branches", None),
-                           ("driver.sources.ubuntu-drivers.default_branch", "580")), {}, Machine(),
-           "nvidia-headless-no-dkms-580-server-open"),
+    "A3": (
+        "ubuntu20.04",
+        (("driver.sources.ubuntu-drivers.branches", None), ("driver.sources.ubuntu-drivers.default_branch", "580")),
+        {},
+        Machine(),
+        "nvidia-headless-no-dkms-580-server-open",
+    ),
     # An AL2023 image on kernel 6.12 asked for kernel-devel-<6.12 release> (its packages are kernel6.12-devel).
-    "A5": ("amzn2023", (("kernel.lines", None),), {}, Machine(kernel_vr="6.12.53-69.119.amzn2023"),
-           "kernel-devel-6.12.53-69.119.amzn2023.x86_64"),
+    "A5": (
+        "amzn2023",
+        (("kernel.lines", None),),
+        {},
+        Machine(kernel_vr="6.12.53-69.119.amzn2023"),
+        "kernel-devel-6.12.53-69.119.amzn2023.x86_64",
+    ),
     # debian13 + cuda-repo on aarch64: no debian13/sbsa repository (its key URL is a 404).
-    "A7": ("debian13", (("driver.sources.cuda-repo.arches", None),),
-           {"arch": "aarch64", "driver_source": "cuda-repo"}, Machine(), "debian13/sbsa"),
+    "A7": (
+        "debian13",
+        (("driver.sources.cuda-repo.arches", None),),
+        {"arch": "aarch64", "driver_source": "cuda-repo"},
+        Machine(),
+        "debian13/sbsa",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(AUDITED_RUNS))
 def test_each_audited_error_fails_against_the_evidence(name: str, keys: KeyRing, machine_dir: Path) -> None:
     distro_id, changes, options, machine, says = AUDITED_RUNS[name]
-    with _machine(machine_dir, keys, distro_id, machine=machine, descriptor=descriptor_with(distro_id, *changes),
-                  **options) as fake:
+    with _machine(
+        machine_dir, keys, distro_id, machine=machine, descriptor=descriptor_with(distro_id, *changes), **options
+    ) as fake:
         broken = fake.run()
     assert broken.rc == 5, f"{name}: {broken.rc}\n{broken.stderr[-2000:]}"
     assert says in broken.stdout + broken.stderr, f"{name}: the failure does not name {says}"
@@ -478,25 +534,37 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("distro", "fault", "code", "message"), [
-    pytest.param(*f, id=f"{f[0]}-{f[1]}") for f in FAULTS])
-def test_bad_key_or_repository_leaves_nothing(distro: str, fault: str, code: int, message: str, keys: KeyRing,
-                                              machine_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("distro", "fault", "code", "message"), [pytest.param(*f, id=f"{f[0]}-{f[1]}") for f in FAULTS]
+)
+def test_bad_key_or_repository_leaves_nothing(
+    distro: str, fault: str, code: int, message: str, keys: KeyRing, machine_dir: Path
+) -> None:
     name = "nvidia-container-toolkit"
     with _machine(machine_dir, keys, distro, (), faults={name: fault}, install_driver=False) as fake:
         keys.key("stranger")
         run = fake.run()
         family = fake.distro.family
         repo = next(r for r in fake.plan.repos if r.name == name)
-        left = [p for p in (f"/etc/apt/keyrings/{name}.gpg", f"/etc/apt/sources.list.d/{name}.list",
-                            f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{name}", f"/etc/yum.repos.d/{name}.repo",
-                            f"/etc/zypp/repos.d/{name}.repo") if fake.exists(p)]
+        left = [
+            p
+            for p in (
+                f"/etc/apt/keyrings/{name}.gpg",
+                f"/etc/apt/sources.list.d/{name}.list",
+                f"/etc/pki/rpm-gpg/RPM-GPG-KEY-{name}",
+                f"/etc/yum.repos.d/{name}.repo",
+                f"/etc/zypp/repos.d/{name}.repo",
+            )
+            if fake.exists(p)
+        ]
     assert run.rc == code, run.stderr[-2000:]
     assert message in normalizer(run)(run.stderr), run.stderr[-2000:]
     assert repo.key_url in run.stderr
     if fault == "wrong-key":
-        assert re.search(r"has fingerprint [^ ,]+ but <FPR:nvidia-container-toolkit> is pinned; nothing was trusted",
-                         normalizer(run)(run.stderr)), run.stderr[-2000:]
+        assert re.search(
+            r"has fingerprint [^ ,]+ but <FPR:nvidia-container-toolkit> is pinned; nothing was trusted",
+            normalizer(run)(run.stderr),
+        ), run.stderr[-2000:]
     # Nothing half-configured: no keyring, key file, list or .repo of that repository; nothing trusted by rpm.
     assert left == []
     assert run.state_after.get("rpm_keys", {}) == run.state_before.get("rpm_keys", {})
@@ -545,20 +613,27 @@ def test_default_repositories_are_nvidias(distro: str) -> None:
         if loaded.family is Family.APT:
             # fact: one apt repo for every Debian/Ubuntu release: stable/deb/$(ARCH), flat (suite "/").
             assert (toolkit.url, toolkit.suite) == (
-                f"https://nvidia.github.io/libnvidia-container/stable/deb/{arch.deb}", "/")
+                f"https://nvidia.github.io/libnvidia-container/stable/deb/{arch.deb}",
+                "/",
+            )
         else:
             assert toolkit.url == f"https://nvidia.github.io/libnvidia-container/stable/rpm/{arch.value}"
         cuda = [r for r in plan.repos if r.name == "cuda"]
         for repo in cuda:
             # fact: https://developer.download.nvidia.com/compute/cuda/repos/<dir>/<x86_64|sbsa>/
-            match = re.fullmatch(r"https://developer\.download\.nvidia\.com/compute/cuda/repos/([a-z0-9]+)/"
-                                 r"(x86_64|sbsa)", repo.url)
+            match = re.fullmatch(
+                r"https://developer\.download\.nvidia\.com/compute/cuda/repos/([a-z0-9]+)/"
+                r"(x86_64|sbsa)",
+                repo.url,
+            )
             assert match and match.group(2) == arch.cuda, repo.url
             key_file = repo.key_url.rsplit("/", 1)[1]
-            expected = {"3bf863cc.pub": "EB693B3035CD5710E231E123A4B469963BF863CC",
-                        "D42D0685.pub": "610C7B14E068A878070DA4E99CD0A493D42D0685",
-                        "8793F200.pub": "02182E60104FCDC26EAE1B8597A5D4CB8793F200",  # debian13: UNVERIFIED fact
-                        "1940C73E.pub": "UNVERIFIED"}  # fedora43: no evidence of its fingerprint
+            expected = {
+                "3bf863cc.pub": "EB693B3035CD5710E231E123A4B469963BF863CC",
+                "D42D0685.pub": "610C7B14E068A878070DA4E99CD0A493D42D0685",
+                "8793F200.pub": "02182E60104FCDC26EAE1B8597A5D4CB8793F200",  # debian13: UNVERIFIED fact
+                "1940C73E.pub": "UNVERIFIED",
+            }  # fedora43: no evidence of its fingerprint
             assert expected.get(key_file) == repo.fingerprint, (key_file, repo.fingerprint)
             # fact: the retired key 7fa2af80 is never trusted.
             assert "7FA2AF80" not in repo.fingerprint.upper()

@@ -586,16 +586,25 @@ def arm64_outcome(
 ) -> Iterator[Outcome]:
     """bakegen's debian12 aarch64 user-data on an arm64 Debian 12 image, qemu-system-aarch64 (virt, TCG)."""
     if shutil.which("qemu-system-aarch64") is None or not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        pytest.fail("the arm64 boot needs: apt-get install qemu-system-arm qemu-user-static binfmt-support arch-test, "
-                    "and binfmt_misc mounted (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)")
+        pytest.fail(
+            "the arm64 boot needs: apt-get install qemu-system-arm qemu-user-static binfmt-support arch-test, "
+            "and binfmt_misc mounted (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)"
+        )
     started = time.monotonic()
     image = vm_image_factory("bookworm", extra_ca=[standin_mirror_session.ca_pem], arch="arm64")
     record_timings("image/bookworm-arm64", {"seconds": round(time.monotonic() - started, 1), "key": image.key})
     mirror = standin_mirror_session
     mirror.set_mode("normal")
     user_data = cloud_init_user_data("debian12", mirror, arch="aarch64")
-    yield boot_user_data(image, user_data, mirror, tmp_path_factory.mktemp("cloud-init-arm64"),
-                         release="bookworm", kind="cloud-init-arm64", boots=1)
+    yield boot_user_data(
+        image,
+        user_data,
+        mirror,
+        tmp_path_factory.mktemp("cloud-init-arm64"),
+        release="bookworm",
+        kind="cloud-init-arm64",
+        boots=1,
+    )
 
 
 @pytest.mark.emulated

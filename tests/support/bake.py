@@ -43,8 +43,12 @@ def make_ssh_key(directory: Path) -> tuple[Path, str]:
     """A throwaway ed25519 key pair: (private key file, public key line)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = directory / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bakegen-bake", "-f", str(key)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bakegen-bake", "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return key, (directory / "id_ed25519.pub").read_text().strip()
 
 
@@ -102,15 +106,22 @@ def pkrvars(values: Mapping[str, object]) -> str:
     return "".join(f"{key} = {value(item)}\n" for key, item in values.items())
 
 
-def run_bake(bakegen_args: Sequence[str], cwd: Path, log: Path, timeout_s: float,
-             env: Mapping[str, str] | None = None) -> tuple[int, float]:
+def run_bake(
+    bakegen_args: Sequence[str], cwd: Path, log: Path, timeout_s: float, env: Mapping[str, str] | None = None
+) -> tuple[int, float]:
     """`bakegen packer ...` in cwd, output to log; on timeout the whole process group (Packer, QEMU) is killed."""
     started = time.monotonic()
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
-                **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1", **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "generator", "packer", *bakegen_args], cwd=cwd, env=full_env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "generator", "packer", *bakegen_args],
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -90,8 +90,16 @@ def build_corpus(gpg: Gpg, pinned: str, attacker: str) -> list[KeyFile]:
         work.run(*LOOPBACK, "--local-user", attacker, "--quick-sign-key", pinned)
         certified = work.export(pinned, armor=True)
         # An expired signing subkey, as NVIDIA's toolkit key carries one (expired 2021): still the pinned key.
-        work.run(*LOOPBACK, "--faked-system-time", str(_created(gpg, pinned) + 1),
-                 "--quick-add-key", pinned, "rsa2048", "sign", "seconds=1")
+        work.run(
+            *LOOPBACK,
+            "--faked-system-time",
+            str(_created(gpg, pinned) + 1),
+            "--quick-add-key",
+            pinned,
+            "rsa2048",
+            "sign",
+            "seconds=1",
+        )
         time.sleep(2)  # the subkey's one second of life is over
         expired_subkey = work.export(pinned, armor=True)
         # A subkey on the attacker's key: its fingerprint pinned, the primary is another key.
@@ -103,9 +111,18 @@ def build_corpus(gpg: Gpg, pinned: str, attacker: str) -> list[KeyFile]:
         work.run("--import", input=revocation)
         revoked = work.export(pinned, armor=True)
         # A key that expired before today.
-        expired = work.run(*LOOPBACK, "--faked-system-time", "20200101T000000", "--status-fd", "1",
-                           "--quick-gen-key", "bakegen EXPIRED key (throwaway test key)", "rsa2048", "sign",
-                           "2020-06-01").decode()
+        expired = work.run(
+            *LOOPBACK,
+            "--faked-system-time",
+            "20200101T000000",
+            "--status-fd",
+            "1",
+            "--quick-gen-key",
+            "bakegen EXPIRED key (throwaway test key)",
+            "rsa2048",
+            "sign",
+            "2020-06-01",
+        ).decode()
         expired_fpr = next(line.split()[3] for line in expired.splitlines() if "KEY_CREATED" in line)
         expired_key = work.export(expired_fpr, armor=True)
     finally:
@@ -135,8 +152,13 @@ def build_corpus(gpg: Gpg, pinned: str, attacker: str) -> list[KeyFile]:
     corpus = [KeyFile(name, data, pinned, None, False) for name, data in accepted]
     corpus += [KeyFile(name, data, pinned, why, carries) for name, data, why, carries in refused]
     corpus += [
-        KeyFile("pinned-only-as-subkey", attacker_with_subkey, subkey,
-                f"it has fingerprint {attacker} but {subkey} is pinned", True),
+        KeyFile(
+            "pinned-only-as-subkey",
+            attacker_with_subkey,
+            subkey,
+            f"it has fingerprint {attacker} but {subkey} is pinned",
+            True,
+        ),
         KeyFile("expired", expired_key, expired_fpr, f"the key {expired_fpr} has expired", False),
     ]
     return corpus

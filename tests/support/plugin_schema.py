@@ -55,9 +55,12 @@ def read_structs(repo: str, tag: str) -> dict[str, dict[str, Any]]:
 
 def schema(repo: str, tag: str, plugin: str, builder_dir: str) -> dict[str, Any]:
     structs = read_structs(repo, tag)
-    config_file = next(p for p in _git(repo, "ls-tree", "--name-only", f"{tag}:{builder_dir}").split()
-                       if p.endswith(".hcl2spec.go") and "func (*FlatConfig) HCL2Spec()" in
-                       _git(repo, "show", f"{tag}:{builder_dir}/{p}"))
+    config_file = next(
+        p
+        for p in _git(repo, "ls-tree", "--name-only", f"{tag}:{builder_dir}").split()
+        if p.endswith(".hcl2spec.go")
+        and "func (*FlatConfig) HCL2Spec()" in _git(repo, "show", f"{tag}:{builder_dir}/{p}")
+    )
     package = _PACKAGE.search(_git(repo, "show", f"{tag}:{builder_dir}/{config_file}"))
     assert package
     root = f"{package.group(1)}.FlatConfig"

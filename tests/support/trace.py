@@ -65,11 +65,64 @@ MIRROR_HOST = "mirror.trace.test"
 
 # Real host tools the script (and the GPU check) may use. Anything else is "command not found".
 REAL_TOOLS = (
-    "bash", "sh", "env", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "mktemp", "install", "chmod", "chown", "ln", "ls",
-    "head", "tail", "tr", "wc", "sort", "uniq", "cut", "date", "dirname", "basename", "id", "stat", "od", "cksum",
-    "sha256sum", "touch", "tee", "test", "[", "true", "false", "readlink", "realpath", "printf", "echo", "find",
-    "xargs", "grep", "sed", "awk", "flock", "cmp", "diff", "gpg", "gpgv", "python3", "timeout", "expr", "seq",
-    "sync", "nproc", "getent", "hostname",
+    "bash",
+    "sh",
+    "env",
+    "cat",
+    "cp",
+    "mv",
+    "rm",
+    "mkdir",
+    "rmdir",
+    "mktemp",
+    "install",
+    "chmod",
+    "chown",
+    "ln",
+    "ls",
+    "head",
+    "tail",
+    "tr",
+    "wc",
+    "sort",
+    "uniq",
+    "cut",
+    "date",
+    "dirname",
+    "basename",
+    "id",
+    "stat",
+    "od",
+    "cksum",
+    "sha256sum",
+    "touch",
+    "tee",
+    "test",
+    "[",
+    "true",
+    "false",
+    "readlink",
+    "realpath",
+    "printf",
+    "echo",
+    "find",
+    "xargs",
+    "grep",
+    "sed",
+    "awk",
+    "flock",
+    "cmp",
+    "diff",
+    "gpg",
+    "gpgv",
+    "python3",
+    "timeout",
+    "expr",
+    "seq",
+    "sync",
+    "nproc",
+    "getent",
+    "hostname",
 )
 STUB_COMMON = ("systemctl", "modprobe", "mokutil", "uname", "sleep", "curl")
 STUB_FAMILY = {
@@ -131,8 +184,12 @@ class KeyRing:
         self._keys: dict[str, Key] = {}
 
     def _gpg(self, *args: str) -> str:
-        result = subprocess.run(["gpg", "--homedir", str(self.home), "--batch", "--passphrase", "", *args],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["gpg", "--homedir", str(self.home), "--batch", "--passphrase", "", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"gpg {' '.join(args)}: {result.stderr[-1500:]}")
         return result.stdout
@@ -141,8 +198,14 @@ class KeyRing:
         if label not in self._keys:
             uid = f"bakegen trace {label} <{label}@trace.invalid>"
             past = label == "nvidia-container-toolkit"
-            self._gpg(*(["--faked-system-time", "20170928T000000"] if past else []),
-                      "--quick-gen-key", uid, "ed25519", "sign", "never")
+            self._gpg(
+                *(["--faked-system-time", "20170928T000000"] if past else []),
+                "--quick-gen-key",
+                uid,
+                "ed25519",
+                "sign",
+                "never",
+            )
             listing = self._gpg("--with-colons", "--list-keys", uid)
             fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
             if past:
@@ -162,9 +225,22 @@ class KeyRing:
 
 def describe_keys(data: bytes, home: Path) -> list[str]:
     """Primary fingerprints in key material, read with the host's gpg."""
-    result = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--no-autostart", "--with-colons",
-                             "--import-options", "show-only", "--import"],
-                            input=data, capture_output=True, check=False)
+    result = subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--no-autostart",
+            "--with-colons",
+            "--import-options",
+            "show-only",
+            "--import",
+        ],
+        input=data,
+        capture_output=True,
+        check=False,
+    )
     fprs, want = [], False
     for line in result.stdout.decode(errors="replace").splitlines():
         fields = line.split(":")
@@ -244,8 +320,11 @@ class Run:
 
     def added_packages(self) -> dict[str, str]:
         before = self.state_before.get("installed", {})
-        return {n: r["version"] for n, r in self.state_after.get("installed", {}).items()
-                if before.get(n, {}).get("version") != r["version"]}
+        return {
+            n: r["version"]
+            for n, r in self.state_after.get("installed", {}).items()
+            if before.get(n, {}).get("version") != r["version"]
+        }
 
 
 def _expand(value: Any, values: Mapping[str, str]) -> Any:
@@ -266,9 +345,17 @@ def load_worlds() -> dict[str, Any]:
 class FakeMachine:
     """One target machine: its root, its world, its script. Use as a context manager (removes everything)."""
 
-    def __init__(self, base: Path, keys: KeyRing, distro_id: str, machine: Machine | None = None,
-                 faults: Mapping[str, str] | None = None, mirrors: bool = False, descriptor: Distro | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        base: Path,
+        keys: KeyRing,
+        distro_id: str,
+        machine: Machine | None = None,
+        faults: Mapping[str, str] | None = None,
+        mirrors: bool = False,
+        descriptor: Distro | None = None,
+        **options: Any,
+    ) -> None:
         self.distro_id = distro_id
         self.machine = machine or Machine()
         self.faults = dict(faults or {})
@@ -303,10 +390,17 @@ class FakeMachine:
         arch = self.plan.arch
         kernel_vr = str(self.machine.kernel_vr or profile.get("image_kernel_vr", ""))
         kernel = str(profile.get("image_kernel") or f"{kernel_vr}.{arch.value}")
-        return {"kernel": kernel, "kernel_vr": kernel_vr, "arch": arch.value, "deb_arch": arch.deb,
-                "codename": self.distro.codename, "version_id": self.distro.version_id,
-                "dist": str(profile.get("dist", "")), "flavour": str(profile.get("flavour", "")),
-                "debian_driver": str(profile.get("debian_driver", ""))}
+        return {
+            "kernel": kernel,
+            "kernel_vr": kernel_vr,
+            "arch": arch.value,
+            "deb_arch": arch.deb,
+            "codename": self.distro.codename,
+            "version_id": self.distro.version_id,
+            "dist": str(profile.get("dist", "")),
+            "flavour": str(profile.get("flavour", "")),
+            "debian_driver": str(profile.get("debian_driver", "")),
+        }
 
     def _world(self) -> dict[str, Any]:
         worlds = load_worlds()
@@ -327,8 +421,12 @@ class FakeMachine:
             """What the evidence shows `repo` offering this distribution and arch, placeholders filled. On rpm
             systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it). Packages
             of a kernel line (offer.kernels) are published where the image runs a kernel of that line."""
-            names = {n for offer, _ in offers(self.distro_id, arch, repo) for n in offer.names(field_name)
-                     if not offer.kernels or any(values["kernel"].startswith(f"{k}.") for k in offer.kernels)}
+            names = {
+                n
+                for offer, _ in offers(self.distro_id, arch, repo)
+                for n in offer.names(field_name)
+                if not offer.kernels or any(values["kernel"].startswith(f"{k}.") for k in offer.kernels)
+            }
             if kind == "rpm":
                 names = {n.removesuffix("-{kernel}") for n in names}
             return {_expand(n, values) for n in names}
@@ -373,9 +471,12 @@ class FakeMachine:
             signs = dict(s for offer, _ in offers(self.distro_id, arch, repo.name) for s in offer.signs)
             if kind == "apt":
                 signs = {"metadata": True, "packages": False}
-            repos[url] = {"name": repo.name, "signer": signer.fingerprint,
-                          "signs_metadata": signs.get("metadata", False),
-                          "signs_packages": signs.get("packages", False)}
+            repos[url] = {
+                "name": repo.name,
+                "signer": signer.fingerprint,
+                "signs_metadata": signs.get("metadata", False),
+                "signs_packages": signs.get("packages", False),
+            }
             behaviour = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
             for name, spec in behaviour.items():
                 add(name, spec, url, published(repo.name, "packages"))
@@ -407,8 +508,10 @@ class FakeMachine:
             "faults": faults,
             "labels": {url: r["name"] for url, r in repos.items()},
             "_os_version_id": str(profile.get("os_version_id") or self.distro.version_id),
-            "_files": {**{path: (None if text is None else _expand(text, values)) for path, text in files.items()},
-                       **self.machine.files},
+            "_files": {
+                **{path: (None if text is None else _expand(text, values)) for path, text in files.items()},
+                **self.machine.files,
+            },
             "_installed": installed,
         }
 
@@ -432,11 +535,37 @@ class FakeMachine:
     # ---- the tree ----
     def _build(self) -> None:
         root = self.root
-        for folder in ("etc", "var/lib", "var/log", "var/cache", "var/tmp", "run", "root", "boot", "opt", "srv",
-                       "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin", "usr/lib/modules", "usr/src",
-                       "usr/lib/systemd/system", "etc/systemd/system", ".host/usr", "dev", "proc",
-                       "sys/bus/pci/devices", "sys/devices", "sys/module", ".state/proc-driver/nvidia",
-                       f"{TRACE}/bin", f"{TRACE}/stubs", f"{TRACE}/www", f"{TRACE}/gnupg"):
+        for folder in (
+            "etc",
+            "var/lib",
+            "var/log",
+            "var/cache",
+            "var/tmp",
+            "run",
+            "root",
+            "boot",
+            "opt",
+            "srv",
+            "usr/bin",
+            "usr/sbin",
+            "usr/local/bin",
+            "usr/local/sbin",
+            "usr/lib/modules",
+            "usr/src",
+            "usr/lib/systemd/system",
+            "etc/systemd/system",
+            ".host/usr",
+            "dev",
+            "proc",
+            "sys/bus/pci/devices",
+            "sys/devices",
+            "sys/module",
+            ".state/proc-driver/nvidia",
+            f"{TRACE}/bin",
+            f"{TRACE}/stubs",
+            f"{TRACE}/www",
+            f"{TRACE}/gnupg",
+        ):
             (root / folder).mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(mode=0o1777)
         (root / "tmp").chmod(0o1777)
@@ -459,8 +588,12 @@ class FakeMachine:
             (root / "usr/bin" / tool).symlink_to(f"/.host{real}")
         for node in ("null", "zero", "random", "urandom", "full"):
             (root / "dev" / node).touch()
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                             ("stderr", "/proc/self/fd/2")):
+        for name, target in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ):
             (root / "dev" / name).symlink_to(target)
         self._etc()
         self._sys()
@@ -508,13 +641,18 @@ class FakeMachine:
         etc = self.root / "etc"
         os_id = self.machine.os_id or self.distro.os_id
         version = self.machine.version_id or self.world["_os_version_id"]
-        lines = [f'NAME="{self.distro.name}"', f"ID={os_id}", f'VERSION_ID="{version}"',
-                 f'PRETTY_NAME="{self.distro.name}"']
+        lines = [
+            f'NAME="{self.distro.name}"',
+            f"ID={os_id}",
+            f'VERSION_ID="{version}"',
+            f'PRETTY_NAME="{self.distro.name}"',
+        ]
         if self.distro.codename:
             lines.append(f"VERSION_CODENAME={self.distro.codename}")
         (etc / "os-release").write_text("\n".join(lines) + "\n")
-        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n"
-                                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+        (etc / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
         (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
         (etc / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files\n")
         (etc / "hostname").write_text("trace\n")
@@ -548,23 +686,43 @@ class FakeMachine:
 
     def _install_initial(self) -> None:
         """Files of the packages the image starts with (their commands, units) come from the stubs' code."""
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); import core, pkgs\n"
-                "ctx = core.Ctx('harness', [])\n"
-                "for name, rec in list(ctx.state['installed'].items()):\n"
-                "    pkg = next(p for p in ctx.world['packages']\n"
-                "               if p['name'] == name and p['version'] == rec['version'])\n"
-                "    pkgs.install(ctx, pkg)\n"
-                "ctx.save()\n")
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import core, pkgs\n"
+            "ctx = core.Ctx('harness', [])\n"
+            "for name, rec in list(ctx.state['installed'].items()):\n"
+            "    pkg = next(p for p in ctx.world['packages']\n"
+            "               if p['name'] == name and p['version'] == rec['version'])\n"
+            "    pkgs.install(ctx, pkg)\n"
+            "ctx.save()\n"
+        )
         self._inside(["/usr/bin/python3", "-S", "-c", code, f"/{TRACE}/stubs"])
 
     def _inside(self, argv: list[str]) -> None:
         """Run a helper command inside the fake root (same namespaces as a run, not recorded)."""
         enter = _ENTER.replace('/bin/bash "$SCRIPT" "$@"', '"$@"')
         result = subprocess.run(
-            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-             "/bin/bash", "-c", enter, "enter", str(self.root), "bake", "0:0", *argv],
+            [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "/bin/bash",
+                "-c",
+                enter,
+                "enter",
+                str(self.root),
+                "bake",
+                "0:0",
+                *argv,
+            ],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PATH_INSIDE": PATH_INSIDE, "SCRIPT": SCRIPT},
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"inside the fake root, {argv[:3]} failed:\n{result.stdout}{result.stderr}")
@@ -576,8 +734,22 @@ class FakeMachine:
     def snapshot(self) -> dict[str, tuple[Any, ...]]:
         owned = set(self.state().get("owned", {}))
         found: dict[str, tuple[Any, ...]] = {}
-        for top in ("etc", "var", "run", "tmp", "root", "boot", "opt", "srv", "usr/local", "usr/bin", "usr/sbin",
-                    "usr/lib/modules", "usr/lib/systemd", "usr/src"):
+        for top in (
+            "etc",
+            "var",
+            "run",
+            "tmp",
+            "root",
+            "boot",
+            "opt",
+            "srv",
+            "usr/local",
+            "usr/bin",
+            "usr/sbin",
+            "usr/lib/modules",
+            "usr/lib/systemd",
+            "usr/src",
+        ):
             for dirpath, dirnames, filenames in os.walk(self.root / top):
                 for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
                     path = Path(dirpath) / name
@@ -590,8 +762,12 @@ class FakeMachine:
                         found[inside] = ("link", os.readlink(path))
                     else:
                         data = path.read_bytes()
-                        found[inside] = ("file", f"{path.stat().st_mode & 0o7777:04o}",
-                                         hashlib.sha256(data).hexdigest(), len(data))
+                        found[inside] = (
+                            "file",
+                            f"{path.stat().st_mode & 0o7777:04o}",
+                            hashlib.sha256(data).hexdigest(),
+                            len(data),
+                        )
         return found
 
     def _content(self, path: str, state: tuple[Any, ...]) -> bytes | None:
@@ -610,11 +786,28 @@ class FakeMachine:
         trace_file.unlink(missing_ok=True)
         before, state_before = self.snapshot(), self.state()
         result = subprocess.run(
-            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-             "/bin/bash", "-c", _ENTER, "enter", str(self.root), "booted" if self.machine.booted else "bake", user,
-             *args],
+            [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "/bin/bash",
+                "-c",
+                _ENTER,
+                "enter",
+                str(self.root),
+                "booted" if self.machine.booted else "bake",
+                user,
+                *args,
+            ],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PATH_INSIDE": PATH_INSIDE, "SCRIPT": SCRIPT},
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         after, state_after = self.snapshot(), self.state()
         changes = []
@@ -625,8 +818,16 @@ class FakeMachine:
                 changes.append(Change("+", path, None, after[path], self._content(path, after[path])))
             elif before[path] != after[path]:
                 changes.append(Change("~", path, before[path], after[path], self._content(path, after[path])))
-        return Run(result.returncode, result.stdout, result.stderr, _read_calls(trace_file), changes,
-                   state_before, state_after, self)
+        return Run(
+            result.returncode,
+            result.stdout,
+            result.stderr,
+            _read_calls(trace_file),
+            changes,
+            state_before,
+            state_after,
+            self,
+        )
 
     def close(self) -> None:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
@@ -728,9 +929,16 @@ def describe_state(run: Run, norm: Any) -> list[str]:
             origin = labels.get(new[name].get("repo", ""), new[name].get("repo", "archive"))
             epoch = f"{new[name]['epoch']}:" if new[name].get("epoch") else ""
             lines.append(f"{'~' if name in old else '+'} package {name} {epoch}{new[name]['version']} ({origin})")
-    for key, label in (("modules", "module stream"), ("apt_holds", "apt hold"), ("zypper_locks", "zypper lock"),
-                       ("versionlock", "versionlock"), ("rpm_keys", "rpm key"), ("active_units", "running unit"),
-                       ("docker_runtimes", "docker runtime (running daemon)"), ("loaded", "kernel module loaded")):
+    for key, label in (
+        ("modules", "module stream"),
+        ("apt_holds", "apt hold"),
+        ("zypper_locks", "zypper lock"),
+        ("versionlock", "versionlock"),
+        ("rpm_keys", "rpm key"),
+        ("active_units", "running unit"),
+        ("docker_runtimes", "docker runtime (running daemon)"),
+        ("loaded", "kernel module loaded"),
+    ):
         old_v, new_v = before.get(key), after.get(key)
         if old_v == new_v:
             continue
@@ -753,8 +961,9 @@ def describe_run(run: Run, title: str, home: Path) -> str:
     norm = normalizer(run)
     lines = [f"== {title}: exit {run.rc}", "-- commands that change or fetch something (queries left out)"]
     actions = run.actions()
-    lines += [f"{c.kind:<9} {norm(c.line())}{'' if c.rc in (0, None) else f'   => exit {c.rc}'}" for c in actions] or \
-        ["(none)"]
+    lines += [f"{c.kind:<9} {norm(c.line())}{'' if c.rc in (0, None) else f'   => exit {c.rc}'}" for c in actions] or [
+        "(none)"
+    ]
     lines.append("-- packages and machine state")
     lines += describe_state(run, norm) or ["(no change)"]
     lines.append("-- files (+ new, ~ changed, - removed)")

@@ -381,9 +381,7 @@ class QemuConfig:
 QEMU_SYSTEM = {"amd64": ("qemu-system-x86_64", ()), "arm64": ("qemu-system-aarch64", ("-machine", "virt"))}
 
 
-def kernel_command_line(
-    boot_number: int, autopoweroff: bool, extra: Sequence[str] = (), console: str = "ttyS0"
-) -> str:
+def kernel_command_line(boot_number: int, autopoweroff: bool, extra: Sequence[str] = (), console: str = "ttyS0") -> str:
     args = ["root=/dev/vda", "ro", f"console={console},115200", "panic=-1", f"bakegen.boot={boot_number}"]
     if autopoweroff:
         args.append("bakegen.autopoweroff=1")

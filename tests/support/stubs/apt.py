@@ -83,15 +83,17 @@ def _parse_one_line(path: str, text: str) -> list[Source]:
         options: dict[str, str] = {}
         match = re.match(r"^(deb|deb-src)\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
         if not match:
-            raise Fail(100, f"E: Malformed entry 1 in list file {path} (Component)\n"
-                            "E: The list of sources could not be read.")
+            raise Fail(
+                100, f"E: Malformed entry 1 in list file {path} (Component)\nE: The list of sources could not be read."
+            )
         if match.group(1) != "deb":
             continue
         for item in (match.group(2) or "").strip(" []\t").split():
             key, _, value = item.partition("=")
             options[key] = value
-        sources.append(Source(match.group(3), match.group(4), match.group(5).split(), options.get("signed-by"),
-                              f"{path}:{number}"))
+        sources.append(
+            Source(match.group(3), match.group(4), match.group(5).split(), options.get("signed-by"), f"{path}:{number}")
+        )
     return sources
 
 
@@ -116,8 +118,11 @@ def _parse_deb822(path: str, text: str) -> list[Source]:
             continue
         for uri in fields.get("uris", "").split():
             for suite in fields.get("suites", "").split():
-                sources.append(Source(uri, suite, fields.get("components", "").split(), fields.get("signed-by"),
-                                      f"{path}:{number}"))
+                sources.append(
+                    Source(
+                        uri, suite, fields.get("components", "").split(), fields.get("signed-by"), f"{path}:{number}"
+                    )
+                )
     return sources
 
 
@@ -131,9 +136,12 @@ def read_sources(config: dict[str, str]) -> list[Source]:
     for source in sources:
         key = (source.uri, source.suite)
         if key in signed and signed[key] != source.signed_by:
-            raise Fail(100, f"E: Conflicting values set for option Signed-By regarding source {source.uri} "
-                            f"{source.suite}: {signed[key] or ''} != {source.signed_by or ''}\n"
-                            "E: The list of sources could not be read.")
+            raise Fail(
+                100,
+                f"E: Conflicting values set for option Signed-By regarding source {source.uri} "
+                f"{source.suite}: {signed[key] or ''} != {source.signed_by or ''}\n"
+                "E: The list of sources could not be read.",
+            )
         signed[key] = source.signed_by
     return sources
 
@@ -151,9 +159,15 @@ def _fault(ctx: Ctx, source: Source) -> str | None:
 
 
 def _trusted_keys(source: Source) -> list[str]:
-    rings = [source.signed_by] if source.signed_by else sorted(
-        glob.glob("/etc/apt/trusted.gpg.d/*.gpg") + glob.glob("/etc/apt/trusted.gpg.d/*.asc")
-        + (["/etc/apt/trusted.gpg"] if os.path.exists("/etc/apt/trusted.gpg") else []))
+    rings = (
+        [source.signed_by]
+        if source.signed_by
+        else sorted(
+            glob.glob("/etc/apt/trusted.gpg.d/*.gpg")
+            + glob.glob("/etc/apt/trusted.gpg.d/*.asc")
+            + (["/etc/apt/trusted.gpg"] if os.path.exists("/etc/apt/trusted.gpg") else [])
+        )
+    )
     fprs: list[str] = []
     for ring in rings:
         if ring and os.path.isfile(ring):
@@ -194,10 +208,13 @@ def _update(ctx: Ctx, config: dict[str, str]) -> int:
         fault = _fault(ctx, source)
         if fault == "unreachable":
             host = source.uri.split("/")[2]
-            out(f"Err:{n} {where} InRelease\n  Could not connect to {host}:443 (192.0.2.1). - connect "
-                "(111: Connection refused)")
-            warnings.append(f"W: Failed to fetch {source.uri}{source.suite.strip('/')}/InRelease  "
-                            f"Could not connect to {host}:443")
+            out(
+                f"Err:{n} {where} InRelease\n  Could not connect to {host}:443 (192.0.2.1). - connect "
+                "(111: Connection refused)"
+            )
+            warnings.append(
+                f"W: Failed to fetch {source.uri}{source.suite.strip('/')}/InRelease  Could not connect to {host}:443"
+            )
             continue
         repo = _repo(ctx, source)
         if repo is None or fault == "404":
@@ -206,10 +223,14 @@ def _update(ctx: Ctx, config: dict[str, str]) -> int:
             continue
         if repo["signer"] not in _trusted_keys(source):
             short = repo["signer"][-16:]
-            out(f"Get:{n} {where} InRelease [1581 B]\nErr:{n} {where} InRelease\n  The following signatures couldn't "
-                f"be verified because the public key is not available: NO_PUBKEY {short}")
-            warnings.append(f"W: GPG error: {where} InRelease: The following signatures couldn't be verified because "
-                            f"the public key is not available: NO_PUBKEY {short}")
+            out(
+                f"Get:{n} {where} InRelease [1581 B]\nErr:{n} {where} InRelease\n  The following signatures couldn't "
+                f"be verified because the public key is not available: NO_PUBKEY {short}"
+            )
+            warnings.append(
+                f"W: GPG error: {where} InRelease: The following signatures couldn't be verified because "
+                f"the public key is not available: NO_PUBKEY {short}"
+            )
             errors.append(f"E: The repository '{where} InRelease' is not signed.")
             continue
         out(f"Get:{n} {where} InRelease [1581 B]")
@@ -219,8 +240,11 @@ def _update(ctx: Ctx, config: dict[str, str]) -> int:
         current = {t for s in sources for t in s.targets()}
         ctx.state["apt_lists"] = sorted(t for t in fetched if t in current)
     out("Reading package lists...")
-    for line in warnings + (["W: Some index files failed to download. They have been ignored, or old ones used "
-                             "instead."] if warnings and not errors else []):
+    for line in warnings + (
+        ["W: Some index files failed to download. They have been ignored, or old ones used instead."]
+        if warnings and not errors
+        else []
+    ):
         err(line)
     if errors:
         err("\n".join(errors))
@@ -239,8 +263,12 @@ def _indextargets(ctx: Ctx, config: dict[str, str], opts: dict[str, list[str]], 
             if "--no-release-info" not in opts and target not in fetched:
                 continue
             uri, suite, component = target.split("|")
-            out(fmt.replace("$(REPO_URI)", uri).replace("$(RELEASE)", suite).replace("$(COMPONENT)", component)
-                .replace("$(SOURCESENTRY)", source.entry))
+            out(
+                fmt.replace("$(REPO_URI)", uri)
+                .replace("$(RELEASE)", suite)
+                .replace("$(COMPONENT)", component)
+                .replace("$(SOURCESENTRY)", source.entry)
+            )
     return 0
 
 
@@ -249,8 +277,11 @@ def available(ctx: Ctx, config: dict[str, str] | None = None) -> list[dict[str, 
     sources = read_sources(config or {})
     fetched = set(ctx.state.get("apt_lists", []))
     live = {t for s in sources for t in s.targets() if t in fetched}
-    archive_components = {t.split("|")[2] for t in live if t.split("|")[0].rstrip("/") in
-                          [u.rstrip("/") for u in ctx.world.get("archive_uris", [])]}
+    archive_components = {
+        t.split("|")[2]
+        for t in live
+        if t.split("|")[0].rstrip("/") in [u.rstrip("/") for u in ctx.world.get("archive_uris", [])]
+    }
     repo_uris = {t.split("|")[0].rstrip("/") for t in live}
     found = []
     for pkg in ctx.world["packages"]:
@@ -270,8 +301,10 @@ def _pins() -> list[tuple[list[re.Pattern[str]], re.Pattern[str], int]]:
             continue
         with open(path, encoding="utf-8") as handle:
             for stanza in re.split(r"\n\s*\n", handle.read()):
-                fields = dict((k.strip().lower(), v.strip()) for k, _, v in
-                              (line.partition(":") for line in stanza.splitlines() if ":" in line))
+                fields = dict(
+                    (k.strip().lower(), v.strip())
+                    for k, _, v in (line.partition(":") for line in stanza.splitlines() if ":" in line)
+                )
                 pin = fields.get("pin", "")
                 if "package" in fields and pin.startswith("version "):
                     names = [glob_to_re(g) for g in fields["package"].split()]
@@ -284,8 +317,11 @@ def candidate(ctx: Ctx, versions: list[dict[str, Any]]) -> dict[str, Any] | None
     pins = _pins()
 
     def priority(pkg: dict[str, Any]) -> int:
-        values = [value for names, version, value in pins
-                  if any(n.match(pkg["name"]) for n in names) and version.match(pkg["version"])]
+        values = [
+            value
+            for names, version, value in pins
+            if any(n.match(pkg["name"]) for n in names) and version.match(pkg["version"])
+        ]
         return max(values) if values else 500
 
     by_version = functools.cmp_to_key(vercmp)
@@ -322,8 +358,11 @@ def install(ctx: Ctx, config: dict[str, str], specs: list[str], allow_downgrades
             if pkgs.installed_version(ctx, dep) is None:
                 options = pkgs.by_name(pool, dep)
                 if not options:
-                    raise Fail(100, f"E: Unable to correct problems, you have held broken packages.\n"
-                                    f"  {pkg['name']} : Depends: {dep} but it is not installable")
+                    raise Fail(
+                        100,
+                        f"E: Unable to correct problems, you have held broken packages.\n"
+                        f"  {pkg['name']} : Depends: {dep} but it is not installable",
+                    )
                 pick = candidate(ctx, options)
                 assert pick is not None
                 queue.append(pick)
@@ -347,8 +386,10 @@ def apt_cache(ctx: Ctx) -> int:
         pool = available(ctx)
         for name in words[1:]:
             best = candidate(ctx, pkgs.by_name(pool, name))
-            out(f"{name}:\n  Installed: {pkgs.installed_version(ctx, name) or '(none)'}\n"
-                f"  Candidate: {best['version'] if best else '(none)'}")
+            out(
+                f"{name}:\n  Installed: {pkgs.installed_version(ctx, name) or '(none)'}\n"
+                f"  Candidate: {best['version'] if best else '(none)'}"
+            )
         return 0
     raise Fail(100, f"E: the apt-cache stub does not model {words[:1]}")
 
@@ -392,14 +433,17 @@ def ubuntu_drivers(ctx: Ctx) -> int:
         return 1
     branch, server, open_ = match.group(1), match.group(2) or "", match.group(3) or ""
     flavour = str(ctx.world["kernel_flavour"])
-    wanted = [f"nvidia-headless-no-dkms-{branch}{server}{open_}",
-              f"linux-modules-nvidia-{branch}{server}{open_}-{flavour}"]
+    wanted = [
+        f"nvidia-headless-no-dkms-{branch}{server}{open_}",
+        f"linux-modules-nvidia-{branch}{server}{open_}-{flavour}",
+    ]
     import subprocess
 
     ctx.release()
     try:
-        rc = subprocess.call(["apt-get", "install", "-o", "DPkg::options::=--force-confnew",
-                              "--no-install-recommends", "-y", *wanted])
+        rc = subprocess.call(
+            ["apt-get", "install", "-o", "DPkg::options::=--force-confnew", "--no-install-recommends", "-y", *wanted]
+        )
     finally:
         ctx.reacquire()
     return rc

@@ -32,7 +32,16 @@ GNUPG_HOME = f"{TRACE_DIR}/gnupg"
 
 # What a call does, for the harness: queries are left out of the fixtures' command sequences.
 QUERY, DOWNLOAD, INSTALL, LOCK, TRUST, BUILD, CONFIGURE, SERVICE, WAIT, OTHER = (
-    "query", "download", "install", "lock", "trust", "build", "configure", "service", "wait", "other",
+    "query",
+    "download",
+    "install",
+    "lock",
+    "trust",
+    "build",
+    "configure",
+    "service",
+    "wait",
+    "other",
 )
 
 
@@ -145,9 +154,21 @@ def _show_keys(path: str) -> list[str]:
             return handle.read().splitlines()
     os.makedirs(GNUPG_HOME, mode=0o700, exist_ok=True)
     result = subprocess.run(
-        ["gpg", "--homedir", GNUPG_HOME, "--batch", "--no-autostart", "--with-colons",
-         "--import-options", "show-only", "--import", path],
-        capture_output=True, text=True, check=False,
+        [
+            "gpg",
+            "--homedir",
+            GNUPG_HOME,
+            "--batch",
+            "--no-autostart",
+            "--with-colons",
+            "--import-options",
+            "show-only",
+            "--import",
+            path,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     with open(cache, "w", encoding="utf-8") as handle:
         handle.write(result.stdout)

@@ -80,8 +80,14 @@ def classify(tool: str, args: list[str]) -> str:
             return LOCK
         return QUERY
     if tool == "zypper":
-        return {"refresh": DOWNLOAD, "ref": DOWNLOAD, "install": INSTALL, "in": INSTALL,
-                "addlock": LOCK, "al": LOCK}.get(first, QUERY)
+        return {
+            "refresh": DOWNLOAD,
+            "ref": DOWNLOAD,
+            "install": INSTALL,
+            "in": INSTALL,
+            "addlock": LOCK,
+            "al": LOCK,
+        }.get(first, QUERY)
     if tool == "rpm":
         return TRUST if ("--import" in args or "-e" in args) else QUERY
     if tool == "ubuntu-drivers":
@@ -95,8 +101,12 @@ def classify(tool: str, args: list[str]) -> str:
     if tool == "nvidia-ctk":
         return CONFIGURE if first in ("runtime", "cdi") else QUERY
     if tool == "systemctl":
-        return SERVICE if first in ("enable", "disable", "start", "stop", "restart", "daemon-reload",
-                                    "reload-or-restart", "try-restart") else QUERY
+        return (
+            SERVICE
+            if first
+            in ("enable", "disable", "start", "stop", "restart", "daemon-reload", "reload-or-restart", "try-restart")
+            else QUERY
+        )
     if tool == "modprobe":
         return SERVICE
     if tool in ("dpkg-query", "apt-cache", "uname", "mokutil", "nvidia-smi"):
@@ -131,4 +141,3 @@ def main() -> int:
     sys.stdout.flush()
     record((pid, rc, time.time()))
     return rc
-

@@ -40,21 +40,33 @@ def install(ctx: Ctx, pkg: dict[str, Any]) -> None:
     for binary in pkg.get("bins", []):
         link_owned(ctx, owner, f"/usr/bin/{binary}", STUB_ENTRY)
     for unit in pkg.get("units", []):
-        write_owned(ctx, owner, f"{UNIT_DIR}/{unit}",
-                    f"[Unit]\nDescription={unit} (from {name})\n\n[Service]\nExecStart=/usr/bin/true\n\n"
-                    "[Install]\nWantedBy=multi-user.target\n")
+        write_owned(
+            ctx,
+            owner,
+            f"{UNIT_DIR}/{unit}",
+            f"[Unit]\nDescription={unit} (from {name})\n\n[Service]\nExecStart=/usr/bin/true\n\n"
+            "[Install]\nWantedBy=multi-user.target\n",
+        )
     if pkg.get("headers"):
         kernel = pkg["headers"]
         write_owned(ctx, owner, f"/usr/src/{name}/Makefile", f"# kernel build tree for {kernel}\n")
         link_owned(ctx, owner, f"/lib/modules/{kernel}/build", f"/usr/src/{name}")
     if pkg.get("dkms"):
-        write_owned(ctx, owner, f"/usr/src/nvidia-{pkg['dkms']}/dkms.conf",
-                    f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{pkg["dkms"]}"\nAUTOINSTALL="yes"\n')
+        write_owned(
+            ctx,
+            owner,
+            f"/usr/src/nvidia-{pkg['dkms']}/dkms.conf",
+            f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{pkg["dkms"]}"\nAUTOINSTALL="yes"\n',
+        )
         dkms_build(ctx, str(ctx.world["running_kernel"]))
     if pkg.get("kmod"):
         kmod = pkg["kmod"]
-        write_owned(ctx, owner, f"/lib/modules/{kmod['kernel']}/{kmod['path']}",
-                    f"nvidia {kmod['version']} (precompiled, signed)\n")
+        write_owned(
+            ctx,
+            owner,
+            f"/lib/modules/{kmod['kernel']}/{kmod['path']}",
+            f"nvidia {kmod['version']} (precompiled, signed)\n",
+        )
 
 
 def remove(ctx: Ctx, name: str) -> None:
@@ -85,8 +97,12 @@ def dkms_build(ctx: Ctx, kernel: str) -> bool:
     if not os.path.exists(f"/lib/modules/{kernel}/build"):
         return False
     for version in versions:
-        write_owned(ctx, f"dkms:{kernel}", f"/lib/modules/{kernel}/{dkms_module_dir(ctx)}/nvidia.ko",
-                    f"nvidia {version} built by DKMS for {kernel}\n")
+        write_owned(
+            ctx,
+            f"dkms:{kernel}",
+            f"/lib/modules/{kernel}/{dkms_module_dir(ctx)}/nvidia.ko",
+            f"nvidia {version} built by DKMS for {kernel}\n",
+        )
     return True
 
 

@@ -30,14 +30,16 @@ def forms(pkg: dict[str, Any]) -> list[str]:
     forms = [name, f"{name}-{version}", f"{name}-{version}-{release}", f"{name}-{version}-{release}.{arch}"]
     if pkg.get("epoch"):
         epoch = pkg["epoch"]
-        forms += [f"{name}-{epoch}:{version}", f"{name}-{epoch}:{version}-{release}",
-                  f"{name}-{epoch}:{version}-{release}.{arch}"]
+        forms += [
+            f"{name}-{epoch}:{version}",
+            f"{name}-{epoch}:{version}-{release}",
+            f"{name}-{epoch}:{version}-{release}.{arch}",
+        ]
     return forms
 
 
 def installed_pkgs(ctx: Ctx) -> list[dict[str, Any]]:
     return [{"name": n, **r} for n, r in pkgs.installed(ctx).items()]
-
 
 
 def _format(fmt: str, name: str, version: str, release: str, epoch: str, arch: str) -> str:
@@ -60,8 +62,11 @@ def query(ctx: Ctx, names: list[str], fmt: str) -> int:
                 out(_format(fmt, "gpg-pubkey", fpr[-8:].lower(), f"{created:08x}", "", "").rstrip("\n"))
             continue
         if name.startswith("gpg-pubkey-"):
-            texts = [text for fpr, text in ctx.state.get("rpm_key_text", {}).items()
-                     if name == f"gpg-pubkey-{fpr[-8:].lower()}-{ctx.state['rpm_keys'].get(fpr, 0):08x}"]
+            texts = [
+                text
+                for fpr, text in ctx.state.get("rpm_key_text", {}).items()
+                if name == f"gpg-pubkey-{fpr[-8:].lower()}-{ctx.state['rpm_keys'].get(fpr, 0):08x}"
+            ]
             if not texts:
                 out(f"package {name} is not installed")
                 rc = 1
@@ -80,7 +85,6 @@ def query(ctx: Ctx, names: list[str], fmt: str) -> int:
             sys_text = _format(fmt, pkg["name"], version, release, str(pkg.get("epoch", "")), pkg.get("arch", "x86_64"))
             out(sys_text.rstrip("\n") if sys_text.endswith("\n") else sys_text)
     return rc
-
 
 
 def dpkg_query(ctx: Ctx) -> int:
@@ -102,12 +106,15 @@ def dpkg_query(ctx: Ctx) -> int:
             err(f"dpkg-query: no packages found matching {name}")
             rc = 1
             continue
-        text = (fmt.replace("${db:Status-Status}", "installed").replace("${Version}", have)
-                .replace("${Package}", name).replace("\\n", "\n").replace("\\t", "\t"))
+        text = (
+            fmt.replace("${db:Status-Status}", "installed")
+            .replace("${Version}", have)
+            .replace("${Package}", name)
+            .replace("\\n", "\n")
+            .replace("\\t", "\t")
+        )
         out(text.rstrip("\n"))
     return rc
-
-
 
 
 def uname(ctx: Ctx) -> int:

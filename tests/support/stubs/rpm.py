@@ -102,8 +102,8 @@ def _truthy(value: str | None, default: bool) -> bool:
 def _gpgkey_fprs(repo: dict[str, str]) -> list[str]:
     fprs = []
     for url in repo.get("gpgkey", "").split():
-        if url.startswith("file://") and os.path.isfile(url[len("file://"):]):
-            fprs += key_fingerprints(url[len("file://"):])
+        if url.startswith("file://") and os.path.isfile(url[len("file://") :]):
+            fprs += key_fingerprints(url[len("file://") :])
     return fprs
 
 
@@ -127,9 +127,11 @@ def check_repo(ctx: Ctx, repo: dict[str, str]) -> str | None:
     else:
         trusted = _gpgkey_fprs(repo)
     if repo_check and not world_repo.get("signs_metadata", True):
-        return ("GPG verification is enabled, but GPG signature is not available. This may be an error or the "
-                f"repository does not support GPG verification: Status code: 404 for {baseurl}/repodata/repomd.xml.asc "
-                "(IP: 192.0.2.1)")
+        return (
+            "GPG verification is enabled, but GPG signature is not available. This may be an error or the "
+            f"repository does not support GPG verification: Status code: 404 for {baseurl}/repodata/repomd.xml.asc "
+            "(IP: 192.0.2.1)"
+        )
     if repo_check and world_repo["signer"] not in trusted:
         return "repomd.xml GPG signature verification error: Bad GPG signature"
     return None
@@ -161,8 +163,7 @@ def pool(ctx: Ctx, loaded: list[dict[str, str]], modular: bool) -> list[dict[str
     """Packages of the loaded repositories (module-filtered for dnf4)."""
     urls = {_baseurl(r) for r in loaded}
     archive = any(u.rstrip("/") in urls for u in ctx.world.get("archive_uris", []))
-    found = [p for p in ctx.world["packages"]
-             if (p["repo"] == "archive" and archive) or p["repo"] in urls]
+    found = [p for p in ctx.world["packages"] if (p["repo"] == "archive" and archive) or p["repo"] in urls]
     if not modular:
         return found
     enabled = ctx.state.get("modules", {})
@@ -179,8 +180,9 @@ def pool(ctx: Ctx, loaded: list[dict[str, str]], modular: bool) -> list[dict[str
     return visible
 
 
-def _repo_of(loaded: list[dict[str, str]], pkg: dict[str, Any],
-             archive: list[str] | None = None) -> dict[str, str] | None:
+def _repo_of(
+    loaded: list[dict[str, str]], pkg: dict[str, Any], archive: list[str] | None = None
+) -> dict[str, str] | None:
     for repo in loaded:
         if pkg["repo"] == _baseurl(repo) or (pkg["repo"] == "archive" and _baseurl(repo) in (archive or [])):
             return repo
@@ -215,8 +217,11 @@ def _load(ctx: Ctx, opts: dict[str, list[str]]) -> list[dict[str, str]]:
     for repo in loaded:
         problem = check_repo(ctx, repo)
         if problem:
-            raise Fail(1, f"Errors during downloading metadata for repository '{repo['id']}':\n  - {problem}\n"
-                          f"Error: Failed to download metadata for repo '{repo['id']}': {problem}")
+            raise Fail(
+                1,
+                f"Errors during downloading metadata for repository '{repo['id']}':\n  - {problem}\n"
+                f"Error: Failed to download metadata for repo '{repo['id']}': {problem}",
+            )
     return loaded
 
 
@@ -257,9 +262,12 @@ def _dnf_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
             if pkgs.installed_version(ctx, dep) is None:
                 options = [p for p in available if p["name"] == dep]
                 if not options:
-                    raise Fail(1, f"Error:\n Problem: conflicting requests\n  - nothing provides {dep} needed by "
-                                  f"{pkg['name']}-{full_version(pkg)}.{pkg.get('arch', 'x86_64')} from "
-                                  f"{_repo_label(ctx, loaded, pkg)}")
+                    raise Fail(
+                        1,
+                        f"Error:\n Problem: conflicting requests\n  - nothing provides {dep} needed by "
+                        f"{pkg['name']}-{full_version(pkg)}.{pkg.get('arch', 'x86_64')} from "
+                        f"{_repo_label(ctx, loaded, pkg)}",
+                    )
                 best = newest(options)
                 assert best is not None
                 queue.append(best)
@@ -269,13 +277,16 @@ def _dnf_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
             if pkgs.installed_version(ctx, other) is not None and other not in [p["name"] for p in plan]:
                 if "--allowerasing" not in opts:
                     have = f"{other}-{pkgs.installed_version(ctx, other)}.{pkg.get('arch', 'x86_64')}"
-                    raise Fail(1, f"Error:\n Problem: problem with installed package {have}\n"
-                                  f"  - package {have} from @System conflicts with {pkg['name']} provided by "
-                                  f"{pkg['name']}-{pkg['version']}.{pkg.get('arch', 'x86_64')} from "
-                                  f"{_repo_label(ctx, loaded, pkg)}\n  - conflicting requests\n"
-                                  "(try to add '--allowerasing' "
-                                  "to command line to replace conflicting packages or '--skip-broken' to skip "
-                                  "uninstallable packages)")
+                    raise Fail(
+                        1,
+                        f"Error:\n Problem: problem with installed package {have}\n"
+                        f"  - package {have} from @System conflicts with {pkg['name']} provided by "
+                        f"{pkg['name']}-{pkg['version']}.{pkg.get('arch', 'x86_64')} from "
+                        f"{_repo_label(ctx, loaded, pkg)}\n  - conflicting requests\n"
+                        "(try to add '--allowerasing' "
+                        "to command line to replace conflicting packages or '--skip-broken' to skip "
+                        "uninstallable packages)",
+                    )
                 erase.append(other)
     for pkg in plan:
         repo = _repo_of(loaded, pkg)
@@ -283,15 +294,21 @@ def _dnf_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
             world_repo = ctx.world.get("repos", {}).get(pkg["repo"], {})
             signer = world_repo.get("signer")
             if signer and not world_repo.get("signs_packages", True):
-                raise Fail(1, f"Package {pkg['name']}-{pkg['version']}.{pkg.get('arch', 'x86_64')}.rpm is not signed\n"
-                              "Error: GPG check FAILED")
+                raise Fail(
+                    1,
+                    f"Package {pkg['name']}-{pkg['version']}.{pkg.get('arch', 'x86_64')}.rpm is not signed\n"
+                    "Error: GPG check FAILED",
+                )
             if signer and signer not in ctx.state.get("rpm_keys", {}):
                 if signer not in _gpgkey_fprs(repo):
-                    raise Fail(1, f"Public key for {pkg['name']}-{pkg['version']}.rpm is not installed. Failing "
-                                  f"package is: {pkg['name']}\n GPG Keys are configured as: {repo.get('gpgkey', '')}\n"
-                                  "Error: GPG check FAILED")
+                    raise Fail(
+                        1,
+                        f"Public key for {pkg['name']}-{pkg['version']}.rpm is not installed. Failing "
+                        f"package is: {pkg['name']}\n GPG Keys are configured as: {repo.get('gpgkey', '')}\n"
+                        "Error: GPG check FAILED",
+                    )
                 for url in repo.get("gpgkey", "").split():
-                    path = url[len("file://"):]
+                    path = url[len("file://") :]
                     if url.startswith("file://") and os.path.isfile(path):
                         ctx.state.setdefault("rpm_keys", {}).update(key_created(path))
                 err(f"Importing GPG key 0x{signer[-8:]}:\nKey imported successfully")
@@ -325,9 +342,12 @@ def _dnf_module(ctx: Ctx, opts: dict[str, list[str]], rest: list[str]) -> int:
                 raise Fail(1, f"Error: Problems in request:\nmissing groups or modules: {spec}")
             current = ctx.state.get("modules", {}).get(module)
             if current and current != stream:
-                raise Fail(1, f"The operation would result in switching of module '{module}' stream '{current}' to "
-                              f"stream '{stream}'\nError: It is not possible to switch enabled streams of a module "
-                              "unless explicitly enabled via configuration option module_stream_switch.")
+                raise Fail(
+                    1,
+                    f"The operation would result in switching of module '{module}' stream '{current}' to "
+                    f"stream '{stream}'\nError: It is not possible to switch enabled streams of a module "
+                    "unless explicitly enabled via configuration option module_stream_switch.",
+                )
             ctx.state.setdefault("modules", {})[module] = stream
         return 0
     if words[:1] == ["list"]:
@@ -348,14 +368,22 @@ def _dnf_module(ctx: Ctx, opts: dict[str, list[str]], rest: list[str]) -> int:
 def _dnf_versionlock(ctx: Ctx, rest: list[str]) -> int:
     dnf5 = ctx.world.get("dnf") == "dnf5"
     if not dnf5 and pkgs.installed_version(ctx, "python3-dnf-plugin-versionlock") is None:
-        raise Fail(1, "No such command: versionlock. Please use /usr/bin/dnf --help\nIt could be a DNF plugin "
-                      "command, try: \"dnf install 'dnf-command(versionlock)'\"")
+        raise Fail(
+            1,
+            "No such command: versionlock. Please use /usr/bin/dnf --help\nIt could be a DNF plugin "
+            "command, try: \"dnf install 'dnf-command(versionlock)'\"",
+        )
     locks: list[dict[str, str]] = ctx.state.setdefault("versionlock", [])
     _, words = split_options(rest, set())
     if words[:1] == ["list"] or not words:
         if dnf5:
-            out("\n".join(f"# Added by 'versionlock add' command on 2026-01-01 00:00:00\nPackage name: {lock['name']}"
-                          f"\nevr = {lock['evr']}\n" for lock in locks).rstrip("\n"))
+            out(
+                "\n".join(
+                    f"# Added by 'versionlock add' command on 2026-01-01 00:00:00\nPackage name: {lock['name']}"
+                    f"\nevr = {lock['evr']}\n"
+                    for lock in locks
+                ).rstrip("\n")
+            )
         else:
             for lock in locks:
                 out(f"{lock['name']}-{lock['evr']}.*")
@@ -369,12 +397,18 @@ def _dnf_versionlock(ctx: Ctx, rest: list[str]) -> int:
             for pkg in found:  # a glob locks every installed package it matches
                 evr = f"{pkg.get('epoch') or 0}:{pkg['version']}"
                 if any(lock["name"] == pkg["name"] and lock["evr"] == evr for lock in locks):
-                    err(f'Package "{spec}" is already locked.' if dnf5 else
-                        f"Package already locked in equivalent form: {pkg['name']}-{evr}.*")
+                    err(
+                        f'Package "{spec}" is already locked.'
+                        if dnf5
+                        else f"Package already locked in equivalent form: {pkg['name']}-{evr}.*"
+                    )
                     continue
                 locks.append({"name": pkg["name"], "evr": evr})
-                out(f'Adding versionlock on "{pkg["name"]} = {evr}".' if dnf5
-                    else f"Adding versionlock on: {pkg['name']}-{evr}.*")
+                out(
+                    f'Adding versionlock on "{pkg["name"]} = {evr}".'
+                    if dnf5
+                    else f"Adding versionlock on: {pkg['name']}-{evr}.*"
+                )
         return 0
     raise Fail(1, f"dnf stub: does not model `versionlock {words[0]}`")
 
@@ -427,8 +461,11 @@ def _zypper_refresh(ctx: Ctx, opts: dict[str, list[str]], names: list[str]) -> i
     for repo in _zypper_repos(ctx, names + opts.get("--repo", []) + opts.get("-r", [])):
         problem = check_repo(ctx, repo)
         if problem:
-            err(f"Signature verification failed for file 'repomd.xml' from repository '{repo['id']}'."
-                if "GPG" in problem else f"Download (curl) error for '{_baseurl(repo)}/repodata/repomd.xml': {problem}")
+            err(
+                f"Signature verification failed for file 'repomd.xml' from repository '{repo['id']}'."
+                if "GPG" in problem
+                else f"Download (curl) error for '{_baseurl(repo)}/repodata/repomd.xml': {problem}"
+            )
             err(f"Skipping repository '{repo['id']}' because of the above error.")
             failed.append(repo["id"])
         elif "--quiet" not in opts and "-q" not in opts:
@@ -455,9 +492,13 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
             version = ""
         else:
             name, _, version = spec.partition("=")
-        matches = [p for p in available if p["name"] == name and
-                   (not version or p["version"] == version or str(p["version"]).startswith(version + "-")) and
-                   (not below or vercmp(str(p["version"]), below) < 0)]
+        matches = [
+            p
+            for p in available
+            if p["name"] == name
+            and (not version or p["version"] == version or str(p["version"]).startswith(version + "-"))
+            and (not below or vercmp(str(p["version"]), below) < 0)
+        ]
         if not matches:
             if pkgs.installed_version(ctx, name) and not version:
                 out(f"'{name}' is already installed.")
@@ -469,8 +510,11 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
             out(f"'{name}' is already installed.")
             continue
         if name in ctx.state.get("zypper_locks", []):
-            raise Fail(4, f"Problem: the to be installed {name}-{best['version']} conflicts with '{name}' "
-                          "which is locked (zypper addlock)")
+            raise Fail(
+                4,
+                f"Problem: the to be installed {name}-{best['version']} conflicts with '{name}' "
+                "which is locked (zypper addlock)",
+            )
         todo.append(best)
         for dep in best.get("requires", []):
             if pkgs.installed_version(ctx, dep) is None:
@@ -482,15 +526,21 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
                 todo.append(dep_best)
     for pkg in todo:
         repo = _repo_of(loaded, pkg)
-        check = _truthy(repo["pkg_gpgcheck"], False) if repo and "pkg_gpgcheck" in repo else _truthy(
-            (repo or {}).get("gpgcheck"), True)
+        check = (
+            _truthy(repo["pkg_gpgcheck"], False)
+            if repo and "pkg_gpgcheck" in repo
+            else _truthy((repo or {}).get("gpgcheck"), True)
+        )
         if repo is not None and check:
             world_repo = ctx.world.get("repos", {}).get(pkg["repo"], {})
             signer = world_repo.get("signer")
             if signer and not world_repo.get("signs_packages", True):
                 raise Fail(8, f"{pkg['name']}-{pkg['version']}.rpm: Signature verification failed [6-No signature]")
             if signer and signer not in ctx.state.get("rpm_keys", {}):
-                raise Fail(8, f"{pkg['name']}-{pkg['version']}.rpm: Signature verification failed [4-Signatures "
-                              "public key is not available]")
+                raise Fail(
+                    8,
+                    f"{pkg['name']}-{pkg['version']}.rpm: Signature verification failed [4-Signatures "
+                    "public key is not available]",
+                )
         pkgs.install(ctx, pkg)
     return 0

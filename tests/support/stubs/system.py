@@ -23,8 +23,10 @@ if TYPE_CHECKING:  # typing costs ~10 ms an import; stubs start on every call
 
 PROC_VERSION = "/proc/driver/nvidia/version"
 GPU_DIR = f"{TRACE_DIR}/gpu"
-NOT_BOOTED = ("System has not been booted with systemd as init system (PID 1). Can't operate.\n"
-              "Failed to connect to bus: Host is down")
+NOT_BOOTED = (
+    "System has not been booted with systemd as init system (PID 1). Can't operate.\n"
+    "Failed to connect to bus: Host is down"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,8 +63,11 @@ def _wanted_by(path: str) -> list[str]:
 
 
 def _enabled(unit: str) -> bool:
-    return any(os.path.lexists(f"/etc/systemd/system/{d}/{unit}")
-               for d in _listdir("/etc/systemd/system") if d.endswith(".wants"))
+    return any(
+        os.path.lexists(f"/etc/systemd/system/{d}/{unit}")
+        for d in _listdir("/etc/systemd/system")
+        if d.endswith(".wants")
+    )
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -109,7 +114,7 @@ def systemctl(ctx: Ctx) -> int:
                     err(f"Created symlink {link} \u2192 {path}.")
                 elif verb == "disable" and os.path.lexists(link):
                     os.unlink(link)
-                    err(f"Removed \"{link}\".")
+                    err(f'Removed "{link}".')
         return rc
     if verb in ("is-enabled",):
         state = "enabled" if units and _enabled(units[0]) else "disabled"
@@ -176,9 +181,11 @@ def modprobe(ctx: Ctx) -> int:
         with open(module, encoding="utf-8") as handle:
             version = handle.read().split()[1]
         with open(PROC_VERSION, "w", encoding="ascii") as handle:
-            handle.write(f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {version}  Release Build  "
-                         "(dvs-builder@U22-I3-AF03-09-1)  Thu Oct  2 00:00:00 UTC 2025\n"
-                         "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n")
+            handle.write(
+                f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {version}  Release Build  "
+                "(dvs-builder@U22-I3-AF03-09-1)  Thu Oct  2 00:00:00 UTC 2025\n"
+                "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
+            )
         ctx.state["loaded"] = version
     return 0
 
@@ -190,8 +197,11 @@ def dkms(ctx: Ctx) -> int:
     kernel = (opts.get("-k") or [str(ctx.world["running_kernel"])])[-1]
     if words[:1] in (["autoinstall"], ["install"], ["build"]):
         if not pkgs.dkms_build(ctx, kernel):
-            raise Fail(1, f"Error! Your kernel headers for kernel {kernel} cannot be found at "
-                          f"/lib/modules/{kernel}/build or /lib/modules/{kernel}/source.")
+            raise Fail(
+                1,
+                f"Error! Your kernel headers for kernel {kernel} cannot be found at "
+                f"/lib/modules/{kernel}/build or /lib/modules/{kernel}/source.",
+            )
         return 0
     if words[:1] == ["status"]:
         built = glob.glob("/lib/modules/*/updates/dkms/nvidia.ko*") + glob.glob("/lib/modules/*/extra/nvidia.ko*")
@@ -215,7 +225,7 @@ def _initramfs(path: str, kernel: str) -> None:
 def _boot_kernels() -> list[str]:
     import glob
 
-    return sorted(os.path.basename(p)[len("vmlinuz-"):] for p in glob.glob("/boot/vmlinuz-*"))
+    return sorted(os.path.basename(p)[len("vmlinuz-") :] for p in glob.glob("/boot/vmlinuz-*"))
 
 
 def update_initramfs(ctx: Ctx) -> int:
@@ -250,8 +260,21 @@ def mokutil(ctx: Ctx) -> int:
 
 
 def curl(ctx: Ctx) -> int:
-    opts, words = split_options(ctx.args, {"--proto", "--retry", "--retry-delay", "--connect-timeout",
-                                           "--max-time", "--max-filesize", "--output", "-o", "-H", "--header"})
+    opts, words = split_options(
+        ctx.args,
+        {
+            "--proto",
+            "--retry",
+            "--retry-delay",
+            "--connect-timeout",
+            "--max-time",
+            "--max-filesize",
+            "--output",
+            "-o",
+            "-H",
+            "--header",
+        },
+    )
     if len(words) != 1:
         raise Fail(2, f"curl stub: expected one URL, got {words}")
     url = words[0]
@@ -302,7 +325,7 @@ def nvidia_ctk(ctx: Ctx) -> int:
             try:
                 config = _daemon_json(path)
             except json.JSONDecodeError as exc:
-                raise Fail(1, f"level=error msg=\"unable to load config for runtime docker: {exc}\"") from None
+                raise Fail(1, f'level=error msg="unable to load config for runtime docker: {exc}"') from None
             config.setdefault("runtimes", {})["nvidia"] = {"args": [], "path": "nvidia-container-runtime"}
             if "--cdi.enabled" in opts:
                 config.setdefault("features", {})["cdi"] = True
@@ -312,19 +335,24 @@ def nvidia_ctk(ctx: Ctx) -> int:
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(json.dumps(config, indent=4) + "\n")
         else:
-            path = {"containerd": "/etc/containerd/conf.d/99-nvidia.toml",
-                    "crio": "/etc/crio/conf.d/99-nvidia.toml"}[runtime]
+            path = {"containerd": "/etc/containerd/conf.d/99-nvidia.toml", "crio": "/etc/crio/conf.d/99-nvidia.toml"}[
+                runtime
+            ]
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as handle:
-                handle.write(f"# nvidia runtime for {runtime}\n[nvidia]\n"
-                             'runtime_path = "/usr/bin/nvidia-container-runtime"\n')
-        err(f'level=info msg="Wrote updated config to {path}"\n'
-            f'level=info msg="It is recommended that {runtime} daemon be restarted."')
+                handle.write(
+                    f'# nvidia runtime for {runtime}\n[nvidia]\nruntime_path = "/usr/bin/nvidia-container-runtime"\n'
+                )
+        err(
+            f'level=info msg="Wrote updated config to {path}"\n'
+            f'level=info msg="It is recommended that {runtime} daemon be restarted."'
+        )
         return 0
     if words[:2] == ["cdi", "generate"]:
         if "loaded" not in ctx.state:
-            raise Fail(1, 'level=error msg="failed to generate CDI spec: failed to initialize NVML: '
-                          'ERROR_LIBRARY_NOT_FOUND"')
+            raise Fail(
+                1, 'level=error msg="failed to generate CDI spec: failed to initialize NVML: ERROR_LIBRARY_NOT_FOUND"'
+            )
         path = (opts.get("--output") or ["/var/run/cdi/nvidia.yaml"])[-1]
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
@@ -333,8 +361,10 @@ def nvidia_ctk(ctx: Ctx) -> int:
     raise Fail(1, f"nvidia-ctk stub: does not model {ctx.args}")
 
 
-SMI_FAILED = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the "
-              "latest NVIDIA driver is installed and running.")
+SMI_FAILED = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the "
+    "latest NVIDIA driver is installed and running."
+)
 
 
 def _gpu_output(name: str) -> str:
@@ -349,8 +379,10 @@ def nvidia_smi(ctx: Ctx) -> int:
     args = ctx.args
     version = str(ctx.state["loaded"])
     if "--version" in args:
-        out(f"NVIDIA-SMI version  : {version}\nNVML version        : {version}\nDRIVER version      : {version}\n"
-            "CUDA Version        : 13.0")
+        out(
+            f"NVIDIA-SMI version  : {version}\nNVML version        : {version}\nDRIVER version      : {version}\n"
+            "CUDA Version        : 13.0"
+        )
     elif any(a.startswith("--query-gpu=") for a in args):
         out(_gpu_output("query-gpu-noheader.csv").replace("580.159.04", version))
     elif args[:2] == ["-q", "-x"]:
@@ -369,8 +401,9 @@ def docker(ctx: Ctx) -> int:
 
     running = "docker.service" in ctx.state.get("active_units", [])
     if not running:
-        raise Fail(1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
-                      "Is the docker daemon running?")
+        raise Fail(
+            1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+        )
     runtimes = ctx.state.get("docker_runtimes", [])
     if ctx.args[:1] == ["info"]:
         known = {"io.containerd.runc.v2": {"path": "runc"}, "runc": {"path": "runc"}}
@@ -394,8 +427,9 @@ def docker(ctx: Ctx) -> int:
         if "--pull=never" in ctx.args and image is not None and image not in images:
             raise Fail(125, f"docker: Error response from daemon: No such image: {image}")
         if "--gpus" in ctx.args and ("nvidia" not in runtimes or "loaded" not in ctx.state):
-            raise Fail(125, 'docker: Error response from daemon: could not select device driver "" with capabilities: '
-                            "[[gpu]].")
+            raise Fail(
+                125, 'docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].'
+            )
         out(_gpu_output("nvidia-smi-L.txt"))
         return 0
     raise Fail(1, f"docker stub: does not model {ctx.args}")
