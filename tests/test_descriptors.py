@@ -162,6 +162,24 @@ BAD_DESCRIPTORS = [
         id="repository-verified-by-nothing",
     ),
     pytest.param(
+        {"bad.yaml": "extends: amzn2023\ncloud:\n  aws:\n    kernel_line: '6.6'\n"},
+        "bad",
+        ["bad.yaml:4: cloud.aws.kernel_line: '6.6' is not among kernel_lines"],
+        id="al2023-default-kernel-line-unknown",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: amzn2023\ncloud:\n  aws:\n    ami_name: al2023-ami-2023.*-kernel-*-x86_64\n"},
+        "bad",
+        ["bad.yaml:4: cloud.aws.ami_name: kernel_lines needs {kernel_line} in ami_name: one line on purpose"],
+        id="al2023-pattern-matching-every-kernel-line",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\ncloud:\n  aws:\n    ami_name: debian-12-{kernel_line}-*\n"},
+        "bad",
+        ["bad.yaml:4: cloud.aws.ami_name: unknown placeholder {kernel_line}"],
+        id="kernel-line-placeholder-without-kernel-lines",
+    ),
+    pytest.param(
         {
             "bad.yaml": "extends: debian12\nvars: {a: &a [x, x, x, x, x, x, x, x, x],"
             " b: &b [*a, *a, *a, *a, *a, *a, *a], c: [*b, *b, *b, *b, *b, *b, *b, *b]}\n"
