@@ -178,6 +178,25 @@ def unverified_facts(distro_id: str, data: dict[str, Any]) -> list[tuple[str, Ev
     return found
 
 
+def published(
+    distro_id: str, arch: str, repo: str, field_name: str, branch: str | None = None, kernel: str | None = None
+) -> set[str]:
+    """The names (packages, streams or keys) the evidence shows `repo` publishing for `distro_id` on `arch`, as
+    Offer.names gives them: at `branch`, or every branch; for kernel line `kernel` ("" for a kernel of no line the
+    evidence names), or every line."""
+    return {n for offer, _ in offers(distro_id, arch, repo) for n in offer.names(field_name, branch, kernel)}
+
+
+def signing(distro_id: str, arch: str, repo: str) -> dict[str, bool]:
+    """What the evidence shows `repo` signing (metadata, packages); an aspect it is silent on is absent."""
+    return dict(aspect for offer, _ in offers(distro_id, arch, repo) for aspect in offer.signs)
+
+
+def kernel_lines(distro_id: str, arch: str) -> list[str]:
+    """The kernel lines the evidence names packages for in the distribution's archive (e.g. 6.1, 6.12, 6.18)."""
+    return sorted({line for offer, _ in offers(distro_id, arch, ARCHIVE) for line in offer.kernels})
+
+
 def unverified_offers(distro_id: str) -> list[Evidence]:
     """Unverified entries whose offers the evidence walk relies on for this distribution (e.g. where dkms comes
     from): no descriptor value states them, so unverified_facts cannot list them."""

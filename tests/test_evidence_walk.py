@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from generator.errors import UsageError
-from generator.evidence import ARCHIVE, offers
+from generator.evidence import ARCHIVE, kernel_lines, offers, published, signing
 from generator.model import Arch, Distro, DriverSourceKind, KernelModules, Runtime
 from generator.plan import Options, Plan, make_plan
 from generator.resolve import descriptor_set, load_distro
@@ -71,9 +71,7 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
     problems: list[str] = []
 
     def offered(repos: list[str], field: str, name: str, branch: str | None = None, kernel: str | None = None) -> bool:
-        return any(
-            name in offer.names(field, branch, kernel) for repo in repos for offer, _ in offers(distro.id, arch, repo)
-        )
+        return any(name in published(distro.id, arch, repo, field, branch, kernel) for repo in repos)
 
     for repo in plan.repos:
         found = offers(distro.id, arch, repo.name)
@@ -81,14 +79,14 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
             problems.append(f"{where}: no evidence that repository {repo.name} exists for it ({repo.url})")
             continue
         key_file = repo.key_url.rsplit("/", 1)[1]
-        published = {k for offer, _ in found for k in offer.keys}
-        if key_file not in published:
+        key_files = published(distro.id, arch, repo.name, "keys")
+        if key_file not in key_files:
             problems.append(
                 f"{where}: {repo.name} key {key_file} is not what its folder publishes "
-                f"({', '.join(sorted(published)) or 'no key file shown'})"
+                f"({', '.join(sorted(key_files)) or 'no key file shown'})"
             )
         if plan.distro.family.value != "apt":
-            signs = {aspect: signed for offer, _ in found for aspect, signed in offer.signs}
+            signs = signing(distro.id, arch, repo.name)
             for aspect, used in (("metadata", repo.signs_metadata), ("packages", repo.signs_packages)):
                 if aspect not in signs:
                     problems.append(f"{where}: no evidence whether {repo.name} signs its {aspect}")
@@ -125,8 +123,7 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
                 problems.append(f"{tag}: DKMS driver, but no repository it uses publishes dkms")
             # Each kernel line the evidence names (or one line, where it names none) with the packages the
             # script asks that line's kernels for (install.sh.j2: kernel_package_patterns).
-            lines = sorted({k for offer, _ in offers(distro.id, arch, ARCHIVE) for k in offer.kernels}) or [None]
-            for kernel in lines:
+            for kernel in kernel_lines(distro.id, arch) or [None]:
                 line = next((x for x in distro.kernel_lines if kernel and kernel.startswith(x.prefix)), None)
                 patterns = [line.headers, *line.extra] if line else [distro.kernel_headers, *distro.kernel_extra]
                 for pattern in patterns:

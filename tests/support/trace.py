@@ -47,7 +47,8 @@ from typing import Any
 
 import yaml
 
-from generator.evidence import ARCHIVE, offers
+from generator import evidence
+from generator.evidence import ARCHIVE, kernel_lines
 from generator.model import Arch, Distro, Family
 from generator.plan import Options, Plan, make_plan
 from generator.render import make_environment
@@ -417,16 +418,13 @@ class FakeMachine:
         packages: list[dict[str, Any]] = []
         arch = values["arch"]
 
+        # Packages of a kernel line (offer.kernels) are published where the image runs a kernel of that line.
+        line = next((k for k in kernel_lines(self.distro_id, arch) if values["kernel"].startswith(f"{k}.")), "")
+
         def published(repo: str, field_name: str) -> set[str]:
             """What the evidence shows `repo` offering this distribution and arch, placeholders filled. On rpm
-            systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it). Packages
-            of a kernel line (offer.kernels) are published where the image runs a kernel of that line."""
-            names = {
-                n
-                for offer, _ in offers(self.distro_id, arch, repo)
-                for n in offer.names(field_name)
-                if not offer.kernels or any(values["kernel"].startswith(f"{k}.") for k in offer.kernels)
-            }
+            systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it)."""
+            names = evidence.published(self.distro_id, arch, repo, field_name, kernel=line)
             if kind == "rpm":
                 names = {n.removesuffix("-{kernel}") for n in names}
             return {_expand(n, values) for n in names}
@@ -468,7 +466,7 @@ class FakeMachine:
             signer = self.keys.key("stranger" if self.faults.get(repo.name) == "repo-other-signer" else repo.name)
             # What the vendor signs, as the evidence shows it; where it is silent, the least (apt repositories
             # always sign their metadata, InRelease).
-            signs = dict(s for offer, _ in offers(self.distro_id, arch, repo.name) for s in offer.signs)
+            signs = evidence.signing(self.distro_id, arch, repo.name)
             if kind == "apt":
                 signs = {"metadata": True, "packages": False}
             repos[url] = {
