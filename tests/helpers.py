@@ -23,6 +23,27 @@ def all_distro_ids() -> list[str]:
     return [d.id for d in load_all(descriptor_set())]
 
 
+# The vendor errors of ../shared/notes/vendor-audit.md, each as the descriptor change that puts it back (for
+# descriptor_with): the evidence walk and the trace harness must each name every one.
+AUDITED_ERRORS: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
+    # A1: EPEL added as if it signed its metadata (repo_gpgcheck=1): it publishes no repomd.xml.asc.
+    "A1": ("rhel9", (("repos.epel.signs", {"metadata": True, "packages": True}),)),
+    # A2: fedora43 with the rpm family's key file, which its folder does not publish (only 1940C73E.pub).
+    "A2": ("fedora43", (("repos.cuda.key", "{cuda_repo}/{cuda_arch}/D42D0685.pub"),)),
+    # A2, aarch64: fedora43/sbsa carries no driver packages.
+    "A2-aarch64": ("fedora43", (("arches", ["x86_64", "aarch64"]),)),
+    # A3: focal at branch 580, which Canonical publishes for jammy and later only.
+    "A3": (
+        "ubuntu20.04",
+        (("driver.sources.ubuntu-drivers.branches", None), ("driver.sources.ubuntu-drivers.default_branch", "580")),
+    ),
+    # A5: AL2023 without its kernel lines: kernel 6.12 images asked for kernel-devel-<6.12 release>.
+    "A5": ("amzn2023", (("kernel.lines", None),)),
+    # A7: debian13 + cuda-repo on aarch64: NVIDIA publishes no debian13/sbsa repository.
+    "A7": ("debian13", (("driver.sources.cuda-repo.arches", None),)),
+}
+
+
 def descriptor_with(distro_id: str, *changes: tuple[str, Any]) -> Distro:
     """The distribution with each dotted path of its merged descriptor set to a value (None removes the key):
     a vendor error put back to show that a test names it."""
