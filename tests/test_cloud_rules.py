@@ -14,18 +14,18 @@ import pygohcl
 import pytest
 
 from generator.errors import UsageError
-from generator.model import Arch, Cloud, Format
+from generator.model import Arch, Cloud
 from generator.plan import Options, make_plan
 from generator.resolve import descriptor_set, load_distro
-from tests.helpers import matrix, render_files
+from tests.helpers import matrix, render_packer_file
 
 MATRIX = matrix()
 IDS = [f"{d}-{a}" for d, a in MATRIX]
 
 
 def sources(distro: str, arch: str) -> dict[str, dict[str, object]]:
-    (file,) = [f for f in render_files(distro, Format.PACKER, arch=arch) if f.path.name == "sources.pkr.hcl"]
-    parsed: dict[str, dict[str, object]] = {t: b["gpu"] for t, b in pygohcl.loads(file.content)["source"].items()}
+    text = render_packer_file(distro, "sources.pkr.hcl", arch=arch)
+    parsed: dict[str, dict[str, object]] = {t: b["gpu"] for t, b in pygohcl.loads(text)["source"].items()}
     return parsed
 
 
@@ -36,8 +36,7 @@ GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 @pytest.mark.parametrize(("distro", "arch"), MATRIX, ids=IDS)
 def test_gcp_image_and_family_names(distro: str, arch: str) -> None:
-    (file,) = [f for f in render_files(distro, Format.PACKER, arch=arch) if f.path.name == "sources.pkr.hcl"]
-    slug = pygohcl.loads(file.content)["locals"]["image_slug"]
+    slug = pygohcl.loads(render_packer_file(distro, "sources.pkr.hcl", arch=arch))["locals"]["image_slug"]
     longest_prefix = "a" * 20  # variables.pkr.hcl: image_name is 3 to 20 of [a-z0-9-], starting with a letter
     assert GCP_NAME.fullmatch(f"{longest_prefix}-{slug}-{'2' * 14}"), slug
     assert GCP_NAME.fullmatch(f"{longest_prefix}-{slug}"), slug
@@ -127,7 +126,6 @@ def test_aws_name_pattern_picks_one_line_and_no_byos(distro: str, line: str | No
 
 
 def test_al2023_kernel_line_variable_names_each_line() -> None:
-    (file,) = [f for f in render_files("amzn2023", Format.PACKER) if f.path.name == "variables.pkr.hcl"]
-    variable = pygohcl.loads(file.content)["variable"]["aws_kernel_line"]
+    variable = pygohcl.loads(render_packer_file("amzn2023", "variables.pkr.hcl"))["variable"]["aws_kernel_line"]
     assert variable["default"] == "6.12"
     assert 'contains(["6.1", "6.12", "6.18"], var.aws_kernel_line)' in variable["validation"]["condition"]

@@ -17,9 +17,9 @@ from typing import Any
 import pygohcl
 import pytest
 
-from generator.model import Cloud, Format
+from generator.model import Cloud
 from generator.packer import PACKER_PLUGINS
-from tests.helpers import REPO, matrix, render_files
+from tests.helpers import REPO, matrix, render_packer_file
 from tests.support.plugin_schema import schema
 
 SCHEMAS = REPO / "distros" / "evidence" / "packer"
@@ -88,8 +88,7 @@ def test_every_pinned_plugin_has_its_schema_evidence() -> None:
 
 @pytest.mark.parametrize(("distro", "arch"), MATRIX, ids=[f"{d}-{a}" for d, a in MATRIX])
 def test_every_source_field_is_known_to_its_pinned_plugin(distro: str, arch: str) -> None:
-    (sources,) = [f for f in render_files(distro, Format.PACKER, arch=arch) if f.path.name == "sources.pkr.hcl"]
-    parsed = pygohcl.loads(sources.content)["source"]
+    parsed = pygohcl.loads(render_packer_file(distro, "sources.pkr.hcl", arch=arch))["source"]
     problems: list[str] = []
     for cloud, plugin in PACKER_PLUGINS.items():
         for name, body in parsed.get(plugin.builder, {}).items():
