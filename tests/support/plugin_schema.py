@@ -34,9 +34,11 @@ def _git(repo: str, *args: str) -> str:
     return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=True).stdout
 
 
-def read_structs(repo: str, tag: str) -> dict[str, dict[str, Any]]:
-    """Every Flat struct of the plugin at `tag`, keyed `package.FlatName`: {hcl name: spec}."""
+def read_structs(repo: str, tag: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every Flat struct of the plugin at `tag`, keyed `package.FlatName`: {hcl name: spec}; and the file each is
+    defined in."""
     structs: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
     for path in _git(repo, "ls-tree", "-r", "--name-only", tag).split():
         if not path.endswith(".hcl2spec.go"):
             continue
@@ -50,20 +52,17 @@ def read_structs(repo: str, tag: str) -> dict[str, dict[str, Any]]:
             for block, spec, other, nested in _BLOCK.findall(body):
                 fields[block] = {"block": f"{other or package.group(1)}.{nested}", "list": spec == "BlockListSpec"}
             structs[f"{package.group(1)}.{name}"] = fields
-    return structs
+            files[f"{package.group(1)}.{name}"] = path
+    return structs, files
 
 
 def schema(repo: str, tag: str, plugin: str, builder_dir: str) -> dict[str, Any]:
-    structs = read_structs(repo, tag)
-    config_file = next(
-        p
-        for p in _git(repo, "ls-tree", "--name-only", f"{tag}:{builder_dir}").split()
-        if p.endswith(".hcl2spec.go")
-        and "func (*FlatConfig) HCL2Spec()" in _git(repo, "show", f"{tag}:{builder_dir}/{p}")
+    structs, files = read_structs(repo, tag)
+    # the builder's own config: the FlatConfig defined directly in builder_dir
+    root = next(
+        key for key, path in files.items() if key.endswith(".FlatConfig") and path.rsplit("/", 1)[0] == builder_dir
     )
-    package = _PACKAGE.search(_git(repo, "show", f"{tag}:{builder_dir}/{config_file}"))
-    assert package
-    root = f"{package.group(1)}.FlatConfig"
+    config_file = files[root].rsplit("/", 1)[1]
     keep: dict[str, dict[str, Any]] = {}
     todo = [root]
     while todo:
