@@ -5,7 +5,9 @@ Layout under the URL base (https://127.0.0.1:PORT/libnvidia-container), as NVIDI
   stable/deb/<arch>/                      flat apt repo: .debs, Packages(.gz), Release, InRelease, Release.gpg
   stable/deb/nvidia-container-toolkit.list  the one-line source NVIDIA's guide curls (host of the request)
 
-The packages are stand-ins built from tests/support/standin/; nothing here is NVIDIA software.
+The packages are built by tests/support/standin/debs.py: the REAL toolkit commands (built from NVIDIA's source by
+tests/support/toolkit/) and stand-ins for libnvidia-container. The repository, its key and its TLS certificate are
+throwaway stand-ins: nothing here is signed or built by NVIDIA.
 Faults for provisioning tests are switched on the running server with `set_mode()`.
 """
 
