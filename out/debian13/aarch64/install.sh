@@ -42,7 +42,7 @@ readonly CDI=0
 readonly CHECK_CONTAINER_TEST=1
 readonly CHECK_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
 # The GPU check runs with this PATH (as its unit runs it), and within this bound.
-readonly CHECK_PATH=/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
+readonly CHECK_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
 
 # ---------------------------------------------------------------------------------------------------------
 # Common library: logging, exit codes, dry-run aware actions, downloads, key verification.
@@ -831,7 +831,9 @@ configure_runtime() {
     fi
   fi
   local before after cdi_flag=()
-  if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled); fi
+  # --cdi: the runtime's CDI support on, and the nvidia runtime the default, which serves `docker run --gpus`
+  # from the CDI specification (only the legacy mode answers --gpus without it: the runtime's README).
+  if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled --set-as-default); fi
   before=$(config_sum "$config")
   # Keep the user's own configuration as it was before bakegen, not bakegen's (a rerun after a first run that
   # found no daemon.json).
@@ -863,6 +865,10 @@ step_runtimes() {
     /etc/docker/daemon.json docker.io docker-cli
   if [ "$CDI" = 1 ]; then
     step cdi "Container Device Interface specification"
+    if ! grep -qx 'mode = "cdi"' /etc/nvidia-container-runtime/config.toml 2>/dev/null; then
+      run nvidia-ctk config --in-place --set nvidia-container-runtime.mode=cdi ||
+        die "$EX_FAILURE" "nvidia-ctk could not set the runtime's mode to cdi"
+    fi
     if have systemctl && systemctl list-unit-files nvidia-cdi-refresh.path >/dev/null 2>&1; then
       run systemctl enable nvidia-cdi-refresh.path >/dev/null 2>&1 || true
     fi
@@ -1814,8 +1820,9 @@ After=docker.service containerd.service crio.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-# The program runs as `/usr/bin/python3 -I` (its first line), with a fixed PATH for nvidia-smi and docker.
-Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# The program runs as `/usr/bin/python3 -I` (its first line), with a fixed PATH for nvidia-smi and docker: systemd's
+# default, /usr/local included (Docker installed from Docker's static binaries, or another way outside packages).
+Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ExecStart=/usr/local/sbin/bakegen-gpu-check
 # Seconds normally (the smoke test never pulls); every command has its own timeout, and this bounds their sum.
 TimeoutStartSec=10min
@@ -1872,7 +1879,7 @@ BAKEGEN_EMBEDDED_FILE_END
 pull_check_image() {
   [ "$CHECK_CONTAINER_TEST" = 1 ] || return 0
   if ! systemd_running || ! have docker; then
-    note "the GPU check's image $CHECK_IMAGE was not pulled (no running docker here): pull it before the check runs"
+    note "the GPU check's image $CHECK_IMAGE was not pulled (docker is not run by systemd here): pull it before the check runs"
     return 0
   fi
   if docker image inspect "$CHECK_IMAGE" >/dev/null 2>&1; then

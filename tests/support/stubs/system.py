@@ -314,9 +314,15 @@ def _toolkit_version(ctx: Ctx) -> str:
 def nvidia_ctk(ctx: Ctx) -> int:
     import json
 
-    opts, words = split_options(ctx.args, {"--runtime", "--config", "--output"})
+    opts, words = split_options(ctx.args, {"--runtime", "--config", "--output", "--set", "--config-file"})
     if "--version" in opts or words[:1] == ["--version"]:
         out(f"NVIDIA Container Toolkit CLI version {_toolkit_version(ctx)}\ncommit: 0123456789abcdef")
+        return 0
+    if words[:1] == ["config"] and "--in-place" in opts and opts.get("--set") == ["nvidia-container-runtime.mode=cdi"]:
+        path = (opts.get("--config-file") or ["/etc/nvidia-container-runtime/config.toml"])[-1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write('[nvidia-container-runtime]\nmode = "cdi"\n')
         return 0
     if words[:2] == ["runtime", "configure"]:
         runtime = (opts.get("--runtime") or ["docker"])[-1]
