@@ -40,6 +40,7 @@ def test_the_script_that_ran_is_the_committed_one() -> None:
     assert f"{digest}  gpu-bundle/run/install.sh" in console()
     script = (RUN / "install.sh").read_text()
     assert "readonly OS_VERSION_ID=24.04" in script and "readonly CDI=1" in script
+    assert "readonly DRIVER_SOURCE=ubuntu-drivers" in script and "readonly DRIVER_BRANCH=580" in script
 
 
 def test_the_real_toolkit_was_installed_from_the_local_mirror() -> None:
@@ -123,3 +124,33 @@ def test_check_fails_by_name_until_docker_restarts_then_passes() -> None:
         assert result["status"] == "pass"
         assert (result["runtime_docker"], result["container_smoke_test"]) == ("pass", "pass")
     assert console().rstrip().count("[install.sh exit 0]") == 1  # the second run
+
+
+def test_the_driver_installed_outside_apt_was_kept() -> None:
+    """Default driver options (ubuntu-drivers, branch 580) on a machine whose 580.159.04 lives under
+    /usr/local/nvidia: kept, in the dry run and in both runs; nothing driver-related came from apt."""
+    text = console()
+    keep = (
+        "note: keeping NVIDIA driver 580.159.04, installed outside the package manager "
+        "(/usr/local/nvidia/bin/nvidia-smi): it is the branch asked for; nothing driver-related is installed"
+    )
+    assert text.count(f"bakegen[preflight]: {keep}") == 3  # dry run, run 1, run 2
+    assert "[install.sh --dry-run exit 0]" in text
+    runs = text.split("== run 1")[1]
+    assert runs.count("nothing to do: the driver installed outside the package manager is kept") == 2
+    assert "ubuntu-drivers install" not in runs and "linux-modules-nvidia" not in runs
+    packages = text.split("== nothing driver-related from apt")[1].split("\n==")[0].splitlines()
+    names = [line.split()[0] for line in packages if line and not line.startswith(("ls:", "580."))]
+    assert not [n for n in names if n.startswith(("nvidia-driver", "nvidia-headless", "nvidia-utils", "linux-modules"))]
+    assert not [n for n in names if n.startswith("libnvidia-") and not n.startswith("libnvidia-container")]
+    assert "cannot access '/etc/modprobe.d/bakegen-blacklist-nouveau.conf'" in text
+
+
+def test_the_udev_rules_command_creates_the_device_links() -> None:
+    """What 71-nvidia-dev-char.rules runs when the driver binds: /dev/char links for every NVIDIA device node, so
+    a systemctl daemon-reload does not take containers' GPUs away."""
+    assert command_output("nvidia-ctk system create-dev-char-symlinks --create-all")[1] == 0
+    text = console().split("$ nvidia-ctk system create-dev-char-symlinks --create-all")[1]
+    links = dict(line.split(" -> ") for line in text.split("\n==")[0].splitlines() if " -> " in line)
+    assert links["195:0"] == "/dev/nvidia0" and links["195:255"] == "/dev/nvidiactl"
+    assert links["238:0"] == "/dev/nvidia-uvm"

@@ -127,7 +127,7 @@ REAL_TOOLS = (
 )
 STUB_COMMON = ("systemctl", "modprobe", "mokutil", "uname", "sleep", "curl")
 STUB_FAMILY = {
-    Family.APT: ("apt-get", "apt-cache", "apt-mark", "dpkg-query", "update-initramfs"),
+    Family.APT: ("apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-query", "update-initramfs"),
     Family.DNF: ("rpm", "dnf", "dracut"),
     Family.ZYPPER: ("rpm", "zypper", "dracut"),
 }

@@ -35,6 +35,7 @@ readonly DRIVER_PACKAGES=(nvidia-kernel-dkms nvidia-smi libcuda1 nvidia-persiste
 readonly DRIVER_PIN=('nvidia-*' 'libnvidia-*' 'libcuda*' 'firmware-nvidia-*' 'xserver-xorg-video-nvidia*')
 readonly DRIVER_DKMS=1
 readonly DRIVER_COMPONENTS=(main contrib non-free non-free-firmware)
+DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
@@ -379,6 +380,9 @@ pkg_version() {
     awk '$1 == "installed" { print $2 }'
 }
 
+# Whether a package owns FILE (as installed, or the path it resolves to: merged /usr).
+pm_owns() { dpkg -S "$1" >/dev/null 2>&1 || dpkg -S "$(readlink -f "$1")" >/dev/null 2>&1; }
+
 # Packages dpkg left half-done (a run killed during an install: power cut, timeout, Ctrl-C), one a line.
 dpkg_unfinished() {
   { dpkg-query -W -f='${db:Status-Status} ${Package}\n' 2>/dev/null || true; } |
@@ -629,6 +633,7 @@ step_preflight() {
   if [ "$machine" != "$TARGET_ARCH" ]; then
     die "$EX_UNSUPPORTED" "generated for $TARGET_ARCH, but this machine is $machine"
   fi
+  if keep_foreign_driver; then DRIVER_KEPT=1; fi
   if [ "$DRY_RUN" != 1 ]; then
     mkdir -p "$STATE_DIR"
     open_log
@@ -652,6 +657,7 @@ step_base() {
 
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
+  if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
   if [ "$DRIVER_DKMS" = 1 ] && ! in_chroot && secure_boot_enabled; then
     if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
       die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
@@ -689,6 +695,32 @@ step_driver() {
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
+}
+
+# A driver installed outside the package manager (NVIDIA's .run installer, a cloud vendor's image) has an
+# nvidia-smi that no package owns. Never a second driver on top of it: keep it when it is the branch (and version,
+# if one was asked for) this script installs, else refuse before anything is changed. Returns 0 when it is kept.
+keep_foreign_driver() {
+  local candidate smi="" version branch
+  for candidate in "$(command -v nvidia-smi || true)" /usr/bin/nvidia-smi /usr/local/nvidia/bin/nvidia-smi; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && ! pm_owns "$candidate"; then smi=$candidate; break; fi
+  done
+  [ -n "$smi" ] || return 1
+  version=$(timeout 60 "$smi" --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
+  if [ -z "$version" ]; then version=$(loaded_driver_version || true); fi
+  if [ -z "$version" ]; then
+    die "$EX_UNSUPPORTED" "an NVIDIA driver is installed outside the package manager ($smi) and its version" \
+      "cannot be read (is it loaded?): remove it, or generate this script with --no-driver"
+  fi
+  branch=${version%%.*}
+  if [ "$branch" != "$DRIVER_BRANCH" ] || { [ -n "$DRIVER_VERSION" ] && [ "$version" != "$DRIVER_VERSION" ]; }; then
+    die "$EX_UNSUPPORTED" "NVIDIA driver $version is installed outside the package manager ($smi), but this" \
+      "script installs ${DRIVER_VERSION:-branch $DRIVER_BRANCH}: remove that driver, or generate the script with" \
+      "--driver-branch $branch or --no-driver"
+  fi
+  note "keeping NVIDIA driver $version, installed outside the package manager ($smi): it is the branch asked for;" \
+    "nothing driver-related is installed"
+  return 0
 }
 
 # Whether the initramfs of a target kernel is older than FILE (so it lacks FILE). A kernel without one is

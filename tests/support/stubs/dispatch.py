@@ -27,6 +27,7 @@ HANDLERS = {
     "apt-get": ("apt", "apt_get"),
     "apt-cache": ("apt", "apt_cache"),
     "apt-mark": ("apt", "apt_mark"),
+    "dpkg": ("quick", "dpkg"),  # only -S (which package owns a file)
     "dpkg-query": ("quick", "dpkg_query"),
     "ubuntu-drivers": ("apt", "ubuntu_drivers"),
     "rpm": ("rpm", "rpm"),  # `rpm -q` is served by quick.py (see main)
@@ -109,7 +110,7 @@ def classify(tool: str, args: list[str]) -> str:
         )
     if tool == "modprobe":
         return SERVICE
-    if tool in ("dpkg-query", "apt-cache", "uname", "mokutil", "nvidia-smi"):
+    if tool in ("dpkg", "dpkg-query", "apt-cache", "uname", "mokutil", "nvidia-smi"):
         return QUERY
     if tool == "docker":
         return QUERY if first == "info" else OTHER
@@ -124,7 +125,9 @@ def main() -> int:
     rc = 0
     try:
         module, name = HANDLERS[tool]
-        if tool == "rpm" and ("-q" in args or "--query" in args) and "-e" not in args and "--import" not in args:
+        if tool == "rpm" and args[:1] == ["-qf"]:
+            module, name = "quick", "rpm_owner"
+        elif tool == "rpm" and ("-q" in args or "--query" in args) and "-e" not in args and "--import" not in args:
             module, name = "quick", "rpm_query"
         ctx = Ctx(tool, args)
         rc = getattr(__import__(module), name)(ctx)

@@ -87,6 +87,32 @@ def query(ctx: Ctx, names: list[str], fmt: str) -> int:
     return rc
 
 
+def _owner(ctx: Ctx, path: str) -> str | None:
+    """The stub package that installed `path` (the owned-file record of pkgs.install), or None."""
+    owner = ctx.state.get("owned", {}).get(path)
+    return owner.removeprefix("pkg:") if owner and owner.startswith("pkg:") else None
+
+
+def dpkg(ctx: Ctx) -> int:
+    if ctx.args[:1] != ["-S"] or len(ctx.args) != 2:
+        raise Fail(2, f"dpkg stub: models only -S PATH, not {ctx.args}")
+    owner = _owner(ctx, ctx.args[1])
+    if owner is None:
+        raise Fail(1, f"dpkg-query: no path found matching pattern {ctx.args[1]}")
+    out(f"{owner}: {ctx.args[1]}")
+    return 0
+
+
+def rpm_owner(ctx: Ctx) -> int:
+    path = ctx.args[1] if len(ctx.args) == 2 else ""
+    owner = _owner(ctx, path)
+    if owner is None:
+        out(f"file {path} is not owned by any package")
+        return 1
+    out(owner)
+    return 0
+
+
 def dpkg_query(ctx: Ctx) -> int:
     opts, names = split_options(ctx.args, {"-f", "--showformat"})
     fmt = (opts.get("-f") or opts.get("--showformat") or ["${Package}\t${Version}\n"])[-1]

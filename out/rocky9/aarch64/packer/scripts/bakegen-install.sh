@@ -35,6 +35,7 @@ readonly DRIVER_PACKAGES=(nvidia-open)
 readonly DRIVER_PIN=('nvidia-*' 'kmod-nvidia-*' 'libnvidia-*' 'cuda-drivers*' 'xorg-x11-drv-nvidia*' 'dkms-nvidia*')
 readonly DRIVER_DKMS=1
 readonly DRIVER_COMPONENTS=()
+DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
@@ -376,6 +377,9 @@ pkg_version() {
   rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' | head -n 1 || true
 }
 
+# Whether a package owns FILE.
+pm_owns() { rpm -qf "$1" >/dev/null 2>&1; }
+
 # Add a signed repository: rpm_repo_add FILE REFRESH_COMMAND NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK
 # METADATA_CHECK EXTRA_SETTINGS. The checks (1/0) are what the vendor signs: its packages (gpgcheck) and its
 # metadata (repo_gpgcheck), never neither. The key is verified before rpm trusts it; the repository is refreshed
@@ -536,6 +540,7 @@ step_preflight() {
   if [ "$machine" != "$TARGET_ARCH" ]; then
     die "$EX_UNSUPPORTED" "generated for $TARGET_ARCH, but this machine is $machine"
   fi
+  if keep_foreign_driver; then DRIVER_KEPT=1; fi
   if [ "$DRY_RUN" != 1 ]; then
     mkdir -p "$STATE_DIR"
     open_log
@@ -559,6 +564,7 @@ step_base() {
 
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
+  if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
   if [ "$DRIVER_DKMS" = 1 ] && ! in_chroot && secure_boot_enabled; then
     if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
       die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
@@ -610,6 +616,32 @@ step_driver() {
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
+}
+
+# A driver installed outside the package manager (NVIDIA's .run installer, a cloud vendor's image) has an
+# nvidia-smi that no package owns. Never a second driver on top of it: keep it when it is the branch (and version,
+# if one was asked for) this script installs, else refuse before anything is changed. Returns 0 when it is kept.
+keep_foreign_driver() {
+  local candidate smi="" version branch
+  for candidate in "$(command -v nvidia-smi || true)" /usr/bin/nvidia-smi /usr/local/nvidia/bin/nvidia-smi; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && ! pm_owns "$candidate"; then smi=$candidate; break; fi
+  done
+  [ -n "$smi" ] || return 1
+  version=$(timeout 60 "$smi" --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
+  if [ -z "$version" ]; then version=$(loaded_driver_version || true); fi
+  if [ -z "$version" ]; then
+    die "$EX_UNSUPPORTED" "an NVIDIA driver is installed outside the package manager ($smi) and its version" \
+      "cannot be read (is it loaded?): remove it, or generate this script with --no-driver"
+  fi
+  branch=${version%%.*}
+  if [ "$branch" != "$DRIVER_BRANCH" ] || { [ -n "$DRIVER_VERSION" ] && [ "$version" != "$DRIVER_VERSION" ]; }; then
+    die "$EX_UNSUPPORTED" "NVIDIA driver $version is installed outside the package manager ($smi), but this" \
+      "script installs ${DRIVER_VERSION:-branch $DRIVER_BRANCH}: remove that driver, or generate the script with" \
+      "--driver-branch $branch or --no-driver"
+  fi
+  note "keeping NVIDIA driver $version, installed outside the package manager ($smi): it is the branch asked for;" \
+    "nothing driver-related is installed"
+  return 0
 }
 
 # Whether the initramfs of a target kernel is older than FILE (so it lacks FILE). A kernel without one is
