@@ -31,7 +31,7 @@ from .paths import data_dir
 # The descriptor paths that hold vendor facts (list indices written as *).
 FACT_PATH = re.compile(
     r"^(repos\.[^.]+\.(base|path|key|fingerprint|suite|signs\.(metadata|packages))"
-    r"|retired_keys\.\*|vars\.cuda_repo|kernel\.(headers|extra\.\*|lines\.[0-9]+\.[0-9]+\.(headers|extra\.\*))"
+    r"|retired_keys\.\*|vars\.cuda_repo|kernel\.(headers|headers_meta|extra\.\*|lines\.[0-9]+\.[0-9]+\.(headers|extra\.\*))"
     r"|toolkit\.packages\.\*"
     r"|driver\.sources\.[^.]+\.(packages\.[^.]+\.\*|module_stream\.[^.]+|branches\.\*|default_branch|arches\.\*"
     r"|apt_components\.\*)"

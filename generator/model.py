@@ -158,6 +158,7 @@ class Distro:
     codename: str
     arches: tuple[Arch, ...]
     kernel_headers: str  # package-name pattern with {kernel}
+    kernel_headers_meta: str | None  # package-name pattern with {flavour} (apt), or None
     kernel_extra: tuple[str, ...]
     kernel_lines: tuple[KernelLine, ...]
     base_packages: tuple[str, ...]

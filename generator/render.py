@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -165,6 +166,24 @@ def gpu_check_config(plan: Plan) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
+def unattended_upgrades_blacklist(plan: Plan) -> list[str]:
+    """unattended-upgrades' Package-Blacklist entries (Python regexes matched at the start of a package name) for the
+    driver's pinned globs and the toolkit's packages: `nvidia-*` is `nvidia-`, an exact name ends in `$`."""
+    globs = [*(plan.driver.source.pin_packages if plan.driver else ()), *plan.distro.toolkit_packages]
+    entries = []
+    for glob in globs:
+        stem, star, rest = glob.partition("*")
+        if rest or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", stem):  # nothing a regex or apt.conf would read
+            raise BakegenError(
+                f"{plan.distro.source_file}: pin {glob!r}: only NAME or PREFIX* (letters, digits, -) can be kept "
+                "out of unattended-upgrades"
+            )
+        entry = stem + ("" if star else "$")
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
 def _context(plan: Plan, what: str) -> dict[str, Any]:
     return {
         "plan": plan,
@@ -176,6 +195,8 @@ def _context(plan: Plan, what: str) -> dict[str, Any]:
         "heredoc_end": HEREDOC_END,
         "gpu_check_program": _static("bakegen-gpu-check.py"),
         "gpu_check_unit": _static("bakegen-gpu-check.service"),
+        "kernel_guard": _static("bakegen-kernel-guard"),
+        "unattended_blacklist": unattended_upgrades_blacklist(plan) if plan.distro.family is Family.APT else [],
         "gpu_check_config": gpu_check_config(plan),
         "check_container_test": check_container_test(plan),
     }

@@ -29,6 +29,7 @@ from .model import (
 # {branch} is filled in when a plan is made, since the branch is chosen then; the rest follow from arch.
 BUILTIN_PLACEHOLDERS = frozenset({"arch", "deb_arch", "cuda_arch", "aws_arch", "branch", "codename", "version_id"})
 KERNEL_PLACEHOLDER = "kernel"  # filled in by the generated script, per target kernel
+FLAVOUR_PLACEHOLDER = "flavour"  # filled in by the generated script, per installed kernel flavour (headers_meta)
 AWS_KERNEL_LINE_PLACEHOLDER = "kernel_line"  # filled in by Packer, from the aws_kernel_line variable
 # Characters no descriptor string may hold: controls (a newline too), and what some readers take for a line break
 # (U+0085, U+2028, U+2029): one reaching a script or user-data could start a line of its own there.
@@ -138,6 +139,8 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
         if path == ("name",) or path[-1] == "description":
             continue  # free text, never formatted
         allowed = known | {KERNEL_PLACEHOLDER} if path[:1] == ("kernel",) else known
+        if path[:2] == ("kernel", "headers_meta"):
+            allowed = known | {FLAVOUR_PLACEHOLDER}
         if path[:3] == ("cloud", "aws", "ami_name") and "kernel_lines" in aws:
             allowed = allowed | {AWS_KERNEL_LINE_PLACEHOLDER}
         try:
@@ -208,6 +211,7 @@ def _build(merged: MergedDescriptor) -> Distro:
         codename=os_release.get("codename", ""),
         arches=tuple(Arch(a) for a in data["arches"]),
         kernel_headers=data["kernel"]["headers"],
+        kernel_headers_meta=data["kernel"].get("headers_meta"),
         kernel_extra=tuple(data["kernel"].get("extra", ())),
         kernel_lines=tuple(
             KernelLine(prefix, raw["headers"], tuple(raw.get("extra", ())))

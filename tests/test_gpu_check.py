@@ -142,6 +142,16 @@ class Run:
         return matches[0]
 
 
+RUNNING_KERNEL = "6.1.0-41-cloud-amd64"
+GUARD_FAILED = {
+    "kernel": "6.1.0-41-rt-amd64",
+    "module": False,
+    "time": "2026-12-01T21:40:00Z",
+    "message": "no NVIDIA kernel module for kernel 6.1.0-41-rt-amd64 (DKMS could not build it: are "
+    "linux-headers-6.1.0-41-rt-amd64 installed?); the kernel is left unconfigured and is not made the boot default",
+}
+
+
 @dataclass
 class FakeMachine:
     root: Path
@@ -149,7 +159,7 @@ class FakeMachine:
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for folder in ("bin", "pci", "dev", "state"):
+        for folder in ("bin", "pci", "dev", "state", "modules"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     @property
@@ -171,6 +181,19 @@ class FakeMachine:
         """A working driver: nvidia-smi answering with replies and the kernel module loaded."""
         self.tool("nvidia-smi", replies)
         self.proc_version = proc_version
+
+    def kernel(self, release: str, module: str | None = "updates/dkms/nvidia-current.ko.xz") -> None:
+        """An installed kernel's modules folder, with the NVIDIA module file at `module` (None: without)."""
+        folder = self.root / "modules" / release / "kernel"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ext4.ko.xz").write_bytes(b"")
+        if module:
+            (self.root / "modules" / release / module).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / "modules" / release / module).write_bytes(b"")
+
+    def guard_record(self, record: dict[str, Any] | str) -> None:
+        text = record if isinstance(record, str) else json.dumps(record)
+        (self.root / "state" / "kernel-guard.json").write_text(text, encoding="utf-8")
 
     def calls(self, name: str) -> list[str]:
         log = self.bin / f"{name}.log"
@@ -215,6 +238,10 @@ class FakeMachine:
             str(self.root / "pci"),
             "--dev-dir",
             str(self.root / "dev"),
+            "--modules-dir",
+            str(self.root / "modules"),
+            "--kernel-release",
+            RUNNING_KERNEL,
             *args,
         ]
         env = {"PATH": str(self.bin), "LC_ALL": "C.UTF-8"}
@@ -528,6 +555,7 @@ SCENARIOS = [
             "persistence_mode": "pass",
             "ecc_health": "pass",
             "fabric": "skip",
+            "kernel_guard": "skip",
             "runtime_docker": "skip",
             "container_smoke_test": "skip",
             "repository_keys": "skip",
@@ -1494,8 +1522,13 @@ def test_device_captures_replayed_here_give_the_same_result(machine: FakeMachine
     assert replay["driver"] == original["driver"]
     assert replay["interconnect"]["topology"] == original["interconnect"]["topology"]
     wanted = {check["name"]: check["status"] for check in original["checks"]}
-    # repository_keys came after the captures (2026-11-29); the device machine holds no bakegen key: skip.
-    assert {check["name"]: check["status"] for check in replay["checks"]} == {**wanted, "repository_keys": "skip"}
+    # repository_keys and kernel_guard came after the captures (2026-11-29); the device machine holds no bakegen key
+    # and no guard record: skip.
+    assert {check["name"]: check["status"] for check in replay["checks"]} == {
+        **wanted,
+        "repository_keys": "skip",
+        "kernel_guard": "skip",
+    }
 
 
 def test_two_gpu_device_run_shows_nvlink_and_a_completed_fabric() -> None:
@@ -1511,3 +1544,87 @@ def test_two_gpu_device_run_shows_nvlink_and_a_completed_fabric() -> None:
     ]
     fabric = next(check for check in result["checks"] if check["name"] == "fabric")
     assert (fabric["status"], fabric["required"]) == ("pass", True)
+
+
+# Kernel lifecycle: a kernel without the module, and the kernel-install guard's record
+
+
+def test_running_kernel_without_a_module_is_named_with_the_kernels_that_have_one(machine: FakeMachine) -> None:
+    """A kernel update without a module: the GPU is on PCI, nothing is loaded, and the check says why."""
+    machine.tool("nvidia-smi", smi_failure(FAILURES / "no-driver.txt", 9))
+    machine.pci_device("0000:00:06.0")
+    machine.kernel(RUNNING_KERNEL, module=None)
+    machine.kernel("6.1.0-40-cloud-amd64")
+    run = machine.run()
+    assert run.returncode == 1
+    assert run.check("kernel_module") == {
+        "name": "kernel_module",
+        "status": "fail",
+        "required": True,
+        "detail": f"no NVIDIA kernel module for the running kernel {RUNNING_KERNEL} (kernels with one: "
+        "6.1.0-40-cloud-amd64): boot one of those, or install this kernel's headers and rebuild (dkms autoinstall)",
+    }
+
+
+def test_module_on_disk_but_not_loaded_keeps_the_plain_message(machine: FakeMachine) -> None:
+    machine.tool("nvidia-smi", smi_failure(FAILURES / "no-driver.txt", 9))
+    machine.pci_device("0000:00:06.0")
+    machine.kernel(RUNNING_KERNEL, module="kernel/nvidia-580srv/nvidia.ko")
+    run = machine.run()
+    assert (
+        run.check("kernel_module")["detail"] == "NVIDIA kernel module not loaded (no readable driver version in /proc)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "kernels", "status", "detail"),
+    [
+        (None, {}, "skip", "no kernel installed since provisioning (no kernel-install guard record)"),
+        (
+            {"kernel": "6.1.0-41-amd64", "module": True, "time": "2026-12-01T21:30:00Z"},
+            {"6.1.0-41-amd64": "updates/dkms/nvidia-current.ko.xz"},
+            "pass",
+            "the last kernel installed, 6.1.0-41-amd64, got its NVIDIA module (2026-12-01T21:30:00Z)",
+        ),
+        (
+            GUARD_FAILED,
+            {"6.1.0-41-rt-amd64": None},
+            "fail",
+            "kernel 6.1.0-41-rt-amd64 has no NVIDIA module (kernel-install guard, 2026-12-01T21:40:00Z): "
+            + GUARD_FAILED["message"],
+        ),
+        (
+            GUARD_FAILED,
+            {"6.1.0-41-rt-amd64": "updates/dkms/nvidia-current.ko.xz"},
+            "pass",
+            "kernel 6.1.0-41-rt-amd64 has its NVIDIA module now (the kernel-install guard found none at "
+            "2026-12-01T21:40:00Z)",
+        ),
+        (
+            GUARD_FAILED,
+            {},
+            "skip",
+            "kernel 6.1.0-41-rt-amd64, installed at 2026-12-01T21:40:00Z without an NVIDIA module, is gone",
+        ),
+        ("{not json", {}, "fail", "unreadable kernel-install guard record"),
+    ],
+    ids=["no-record", "module", "no-module", "fixed-since", "removed-since", "unreadable"],
+)
+def test_kernel_guard_record_is_reported_without_failing_a_working_host(
+    machine: FakeMachine, record: dict[str, Any] | str | None, kernels: dict[str, str | None], status: str, detail: str
+) -> None:
+    """The running kernel has its module and the GPU works: a kernel the guard found without one is named (the
+    next boot must not pick it), but the check is not required and the host still passes."""
+    machine.with_gpus(h200_replies())
+    machine.pci_device("0000:00:06.0")
+    machine.kernel(RUNNING_KERNEL)
+    for release, module in kernels.items():
+        machine.kernel(release, module=module)
+    if record is not None:
+        machine.guard_record(record)
+    run = machine.run()
+    assert run.returncode == 0, run.stdout
+    check = run.check("kernel_guard")
+    assert (check["status"], check["required"]) == (status, False)
+    assert check["detail"].startswith(detail)
+    assert assert_valid_result(run.result)["status"] == "pass"

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -464,6 +465,124 @@ def test_user_keys_survive_the_second_run(rerun: Bake) -> None:
     for key, value in USER_DAEMON_JSON.items():
         assert config[key] == value
     assert "nvidia" in config["runtimes"]
+
+
+GUARD = "/etc/kernel/postinst.d/zz-bakegen-nvidia"
+GUARD_STATE = "/var/lib/bakegen/kernel-guard.json"
+# Second kernels from the release's own archive: another flavour of its kernel is a new kernel to the system.
+SECOND_KERNEL = {"bookworm": "amd64", "trixie": "amd64"}
+UNBUILDABLE_KERNEL = {"bookworm": "rt-amd64", "trixie": "rt-amd64"}
+
+
+def _installed_kernel(chroot: Chroot, flavour: str) -> str:
+    names = [p.name.removeprefix("vmlinuz-") for p in chroot.host_path("/boot").glob("vmlinuz-*")]
+    (kernel,) = [name for name in names if re.fullmatch(rf"[0-9.]+-[0-9]+-{flavour}", name)]
+    return kernel
+
+
+UU_CONFIG = "/etc/apt/apt.conf.d/51bakegen-nvidia"
+
+
+def _standin_deb(chroot: Chroot, name: str, version: str) -> str:
+    """A STAND-IN package (no files, no dependencies) built inside the tree; its path there."""
+    root = f"/tmp/uu-{name}-{version}"
+    chroot.run(["mkdir", "-p", f"{root}/DEBIAN"])
+    chroot.write_text(
+        f"{root}/DEBIAN/control",
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: bakegen tests <t@invalid>\n"
+        f"Description: STAND-IN built by bakegen's tests (unattended-upgrades proof); not vendor software\n",
+    )
+    chroot.run(["dpkg-deb", "--build", root, f"/srv/uu/{name}_{version}_all.deb"])
+    return f"/srv/uu/{name}_{version}_all.deb"
+
+
+def test_unattended_upgrades_leave_nvidia_packages_alone(rerun: Bake) -> None:
+    """Debian's unattended-upgrades, offered a newer nvidia-smi (a stand-in, in the driver's pinned branch) and a
+    newer unrelated package from an origin it may upgrade from: it upgrades the unrelated one only, and would have
+    upgraded nvidia-smi too without bakegen's Package-Blacklist (the control)."""
+    chroot = rerun.chroot
+    assert chroot.exists(UU_CONFIG)
+    chroot.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "unattended-upgrades"], timeout=900)
+    chroot.run(["mkdir", "-p", "/srv/uu"])
+    installed = chroot.package_state()["nvidia-smi"]
+    branch = installed.split(".")[0]
+    chroot.run(["dpkg", "-i", _standin_deb(chroot, "bakegen-uu-control", "1.0")])
+    chroot.run(["rm", "/srv/uu/bakegen-uu-control_1.0_all.deb"])
+    _standin_deb(chroot, "bakegen-uu-control", "2.0")
+    _standin_deb(chroot, "nvidia-smi", f"{branch}.999-1")
+    repo = chroot.host_path("/srv/uu")  # indexed with the host's apt-ftparchive (apt-utils is not in the image)
+    packages = subprocess.run(["apt-ftparchive", "packages", "."], cwd=repo, check=True, capture_output=True).stdout
+    (repo / "Packages").write_bytes(packages)
+    release = subprocess.run(
+        ["apt-ftparchive", "-o", "APT::FTPArchive::Release::Origin=bakegen-uu-test", "release", "."],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    ).stdout
+    (repo / "Release").write_bytes(release)
+    chroot.write_text("/etc/apt/sources.list.d/uu-test.list", "deb [trusted=yes] file:/srv/uu ./\n")
+    chroot.write_text(
+        "/etc/apt/apt.conf.d/52uu-test", 'Unattended-Upgrade::Origins-Pattern { "origin=bakegen-uu-test"; };\n'
+    )
+    chroot.run(["apt-get", "update", "-q"], timeout=600)
+    assert f"Candidate: {branch}.999-1" in chroot.run(["apt-cache", "policy", "nvidia-smi"]).stdout
+
+    def dry_run() -> str:
+        done = chroot.run(["unattended-upgrade", "--dry-run", "--debug"], check=False, timeout=900)
+        return done.stdout + done.stderr
+
+    held = dry_run()
+    assert "Packages that will be upgraded: bakegen-uu-control" in held, held[-3000:]
+    assert "nvidia-smi" not in held.split("Packages that will be upgraded:")[1].splitlines()[0]
+    assert "skipping blacklisted package nvidia-smi" in held, held[-3000:]
+
+    chroot.run(["mv", UU_CONFIG, "/tmp/51bakegen-nvidia"])  # the control: without bakegen's blacklist
+    try:
+        free = dry_run()
+    finally:
+        chroot.run(["mv", "/tmp/51bakegen-nvidia", UU_CONFIG])
+    upgraded = free.split("Packages that will be upgraded:")[1].splitlines()[0]
+    assert "nvidia-smi" in upgraded and "bakegen-uu-control" in upgraded, free[-3000:]
+    assert chroot.package_state()["nvidia-smi"] == installed  # a dry run changes nothing
+    chroot.run(["rm", "-f", "/etc/apt/sources.list.d/uu-test.list", "/etc/apt/apt.conf.d/52uu-test"])
+
+
+def test_kernel_installed_later_gets_its_module_or_fails_loudly(rerun: Bake) -> None:
+    """After provisioning, a kernel installed the normal way (apt) gets the NVIDIA module through DKMS's hook and
+    bakegen's guard, and the guard records it; a kernel whose headers are not there cannot have one: its
+    installation fails loudly, the guard records it, and the kernel stays unconfigured (no boot entry)."""
+    if rerun.release != "bookworm":
+        pytest.skip("one release proves the hook: each kernel costs a DKMS build (minutes)")
+    chroot = rerun.chroot
+    assert chroot.exists(GUARD)
+    flavour = SECOND_KERNEL[rerun.release]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+    added = chroot.run([*install, f"linux-image-{flavour}", f"linux-headers-{flavour}"], check=False, timeout=1500)
+    assert added.returncode == 0, (added.stdout + added.stderr)[-4000:]
+    kernel = _installed_kernel(chroot, flavour)
+    assert kernel != rerun.kernel
+    found = chroot.run(f"find /lib/modules/{kernel} -name 'nvidia-current.ko*' -o -name 'nvidia.ko*'").stdout
+    assert found.strip(), f"no NVIDIA module for {kernel}"
+    state = json.loads(chroot.read_text(GUARD_STATE))
+    assert (state["kernel"], state["module"]) == (kernel, True)
+
+    flavour = UNBUILDABLE_KERNEL[rerun.release]
+    failed = chroot.run([*install, f"linux-image-{flavour}"], check=False, timeout=1500)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output[-4000:]
+    kernel = _installed_kernel(chroot, flavour)
+    assert f"bakegen-kernel-guard: no NVIDIA kernel module for kernel {kernel}" in output
+    state = json.loads(chroot.read_text(GUARD_STATE))
+    assert (state["kernel"], state["module"]) == (kernel, False)
+    assert "is not made the boot default" in state["message"]
+    status = chroot.run(["dpkg-query", "-W", "-f=${db:Status-Status}", f"linux-image-{kernel}"]).stdout
+    assert status != "installed", status  # left unconfigured: update-grub after the guard never ran for it
+    assert f"bakegen-kernel-guard: ERROR: no NVIDIA kernel module for kernel {kernel}" in chroot.read_text(
+        "/var/log/bakegen.log"
+    )
+    # The way out the guard names: remove that kernel (or install its headers and `dpkg --configure -a`).
+    chroot.run(["apt-get", "purge", "-y", "-q", f"linux-image-{kernel}", f"linux-image-{flavour}"], timeout=900)
+    assert chroot.run(["dpkg", "--audit"]).stdout == ""
 
 
 def _state_outside_tmp(chroot: Chroot) -> dict[str, str | None]:

@@ -27,6 +27,7 @@ readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod python
 readonly RETIRED_KEYS=(AE09FE4BBD223A84B2CCFCE3F60F4B3D7FA2AF80)
 readonly KERNEL_HEADERS='kernel-devel-{kernel}'
 readonly KERNEL_EXTRA=()
+readonly KERNEL_HEADERS_META=''
 readonly DRIVER_SOURCE=cuda-repo
 readonly DRIVER_BRANCH=580
 readonly DRIVER_VERSION=''
@@ -377,6 +378,9 @@ pkg_version() {
   rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' | head -n 1 || true
 }
 
+# dnf-automatic and zypper's automatic updates honour versionlock and locks: what is held stays (pm_hold_installed).
+pm_keep_from_automatic_updates() { :; }
+
 # Whether a package owns FILE.
 pm_owns() { rpm -qf "$1" >/dev/null 2>&1; }
 
@@ -437,6 +441,10 @@ pm_recover() { :; }
 pm_hold_globs() { :; }
 
 regenerate_initramfs() { run dracut -f --regenerate-all; }
+
+# The kernel-install guard is a Debian /etc/kernel/postinst.d hook; rpm distributions have none yet (kernel-install
+# plugins: issue 12), so a new kernel there relies on DKMS alone.
+install_kernel_guard() { :; }
 readonly DRIVER_MODULE_STREAM=nvidia-driver:580-open
 # dnf waits for its own lock; the timeout bounds that wait.
 readonly DNF=(timeout 1800 dnf -y -q --setopt=retries=5 --setopt=install_weak_deps=False)
@@ -602,7 +610,7 @@ step_driver() {
   local driver_changed=$CHANGED
   pm_hold_installed nvidia-driver "${DRIVER_PACKAGES[@]}"
 
-  if [ "$DRIVER_DKMS" = 1 ]; then ensure_dkms_modules; fi
+  if [ "$DRIVER_DKMS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
   # After the driver: its packages usually rebuild the initramfs themselves (with the blacklist in it by then);
   # rebuilding before them would be wasted minutes. Judged by age, so a run interrupted before this rebuilds.
   if [ "$DRY_RUN" = 1 ]; then
@@ -667,10 +675,17 @@ kernel_package_patterns() {
 }
 
 install_kernel_headers() {
-  local kernel pattern pkgs=()
+  local kernel pattern flavour pkgs=()
   for kernel in $(target_kernels); do
     for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
+  # The headers metapackage of each installed kernel flavour: a kernel update then brings its headers, and DKMS
+  # builds the module for it (bakegen-kernel-guard checks that it did).
+  if [ -n "$KERNEL_HEADERS_META" ]; then
+    for flavour in $(kernel_flavours); do
+      if apt_has_candidate "${KERNEL_HEADERS_META//\{flavour\}/$flavour}"; then pkgs+=("${KERNEL_HEADERS_META//\{flavour\}/$flavour}"); fi
+    done
+  fi
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
   pm_install "${pkgs[@]}"
 }
@@ -744,6 +759,7 @@ step_toolkit() {
   fi
   pm_install "${specs[@]}"
   if [ -n "$TOOLKIT_VERSION" ]; then pm_hold_installed nvidia-container-toolkit "${TOOLKIT_PACKAGES[@]}"; fi
+  pm_keep_from_automatic_updates
   if [ "$DRY_RUN" != 1 ]; then
     have nvidia-ctk || die "$EX_VERIFY" "nvidia-ctk is missing after installing the toolkit"
     log "$(nvidia-ctk --version 2>&1 | head -n 1)"
@@ -893,6 +909,8 @@ SMI_MESSAGES = (("couldn't communicate with the NVIDIA driver", "no-driver"),
                 ("Driver/library version mismatch", "version-mismatch"), ("No devices were found", "no-devices"))
 NOT_AVAILABLE = ("", "N/A", "[N/A]", "Not Supported", "[Not Supported]", "Unknown Error", "[Unknown Error]")
 GPU_LABEL = re.compile(r"^GPU(\d+)$")
+# The NVIDIA kernel module's file: nvidia.ko as NVIDIA names it, nvidia-current.ko as Debian's packages do.
+MODULE_FILE = re.compile(r"^nvidia(-current)?\.ko(\.[a-z]+)?$")
 GPU_LIST_LINE = re.compile(r"^GPU \d+: ", re.MULTILINE)
 # Everything but a newline that a terminal may act on (C0, DEL, C1: escape sequences, carriage returns).
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -1107,6 +1125,7 @@ class Facts:
 
     kernel_module = kernel_module_flavor = smi_path = nvml_version = cuda_version = fabric_manager = None
     pci_gpus = pci_nvswitches = xml_gpus = topology = topology_error = None
+    running_kernel = installed_kernels = module_kernels = kernel_guard = None
     smi_state, smi_detail, xml_error = "not-installed", "", "no GPU listed by nvidia-smi"
     gpus = dev_nodes = ()
 
@@ -1266,9 +1285,41 @@ def parse_topology(text):
     return {"pairs": pairs, "link_types": sorted(set(pair["link"] for pair in pairs)), "cpu_affinity": affinity}
 
 
+def scan_kernels(modules_dir):
+    """(installed kernels, those with an NVIDIA module file) under modules_dir; (None, None) if unreadable."""
+    try:
+        kernels = sorted(name for name in os.listdir(modules_dir) if os.path.isdir(os.path.join(modules_dir, name)))
+    except OSError:
+        return None, None
+    with_module = []
+    for kernel in kernels:
+        for _, _, files in os.walk(os.path.join(modules_dir, kernel)):
+            if any(MODULE_FILE.match(name) for name in files):
+                with_module.append(kernel)
+                break
+    return kernels, with_module
+
+
+def read_kernel_guard(path):
+    """bakegen-kernel-guard's record of the last kernel installed: a dict, None without one, a text if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"unreadable kernel-install guard record {path}: {error}"
+    if not isinstance(record, dict) or not isinstance(record.get("kernel"), str):
+        return f"unreadable kernel-install guard record {path}: no kernel named"
+    return record
+
+
 def gather_facts(args):
     facts = Facts()
     facts.kernel_module, facts.kernel_module_flavor = read_kernel_module(args.proc_version)
+    facts.running_kernel = args.kernel_release
+    facts.installed_kernels, facts.module_kernels = scan_kernels(args.modules_dir)
+    facts.kernel_guard = read_kernel_guard(os.path.join(args.state_dir, "kernel-guard.json"))
     facts.pci_gpus, facts.pci_nvswitches = scan_pci(args.pci_devices_dir)
     try:
         facts.dev_nodes = sorted(name for name in os.listdir(args.dev_dir) if re.match(r"^nvidia\d+$", name))
@@ -1335,7 +1386,27 @@ def check_gpu_present(facts, config):
 def check_kernel_module(facts, config):
     if facts.kernel_module:
         return "pass", f"{facts.kernel_module_flavor} kernel module {facts.kernel_module} loaded"
+    if facts.module_kernels is not None and facts.running_kernel not in facts.module_kernels:
+        others = ", ".join(facts.module_kernels) or "none"
+        return "fail", (f"no NVIDIA kernel module for the running kernel {facts.running_kernel} (kernels with one: "
+                        f"{others}): boot one of those, or install this kernel's headers and rebuild (dkms autoinstall)")
     return "fail", "NVIDIA kernel module not loaded (no readable driver version in /proc)"
+
+
+def check_kernel_guard(facts, config):
+    guard = facts.kernel_guard
+    if guard is None:
+        return "skip", "no kernel installed since provisioning (no kernel-install guard record)"
+    if isinstance(guard, str):
+        return "fail", guard
+    kernel, when = guard["kernel"], guard.get("time", "?")
+    if guard.get("module") is True:
+        return "pass", f"the last kernel installed, {kernel}, got its NVIDIA module ({when})"
+    if facts.module_kernels is not None and kernel in facts.module_kernels:
+        return "pass", f"kernel {kernel} has its NVIDIA module now (the kernel-install guard found none at {when})"
+    if facts.installed_kernels is not None and kernel not in facts.installed_kernels:
+        return "skip", f"kernel {kernel}, installed at {when} without an NVIDIA module, is gone"
+    return "fail", f"kernel {kernel} has no NVIDIA module (kernel-install guard, {when}): {guard.get('message', '')}"
 
 
 def check_nvidia_smi(facts, config):
@@ -1552,6 +1623,7 @@ CHECKS = (
     ("driver_version_match", check_driver_version_match, True), ("driver_branch", check_driver_branch, True),
     ("gpu_count", check_gpu_count, True), ("persistence_mode", check_persistence_mode, False),
     ("ecc_health", check_ecc_health, True), ("fabric", check_fabric, True),
+    ("kernel_guard", check_kernel_guard, False),
 )
 
 
@@ -1712,6 +1784,8 @@ OPTIONS = (
     ("--proc-version", "PATH", "/proc/driver/nvidia/version", "the kernel module's version file"),
     ("--pci-devices-dir", "DIR", "/sys/bus/pci/devices", "PCI devices in sysfs"),
     ("--dev-dir", "DIR", "/dev", "where /dev/nvidiaN nodes appear"),
+    ("--modules-dir", "DIR", "/lib/modules", "the installed kernels' modules"),
+    ("--kernel-release", "RELEASE", os.uname().release, "the running kernel"),
 )
 
 
@@ -1796,7 +1870,8 @@ ReadWritePaths=-/etc/motd.d
 ProtectHome=yes
 PrivateTmp=yes
 ProtectKernelTunables=yes
-ProtectKernelModules=yes
+# No ProtectKernelModules: it hides /lib/modules, where the check looks for the running kernel's NVIDIA module
+# (a kernel update without one); the check loads no module either way.
 ProtectControlGroups=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
