@@ -27,6 +27,7 @@ from tests.support.vm import (
     live_vm_count,
     make_results_disk,
     make_seed_iso,
+    panicked_before_init,
     qemu_command,
     read_status,
 )
@@ -56,6 +57,22 @@ def _need(*tools: str) -> None:
 )
 def test_classify_serial(serial: str, end: BootEnd | None) -> None:
     assert classify_serial(serial) is end
+
+
+@pytest.mark.parametrize(
+    ("serial", "early"),
+    [
+        # The CI run of 2026-12-01: a trixie guest under TCG died in sched_init_debug, before init.
+        ("[    3.565205]  </TASK>\n[    3.566128] Kernel panic - not syncing: Fatal exception in interrupt\n", True),
+        ("[    1.9] Run /init as init process\n[   40.1] Kernel panic - not syncing: Attempted to kill init!\n", False),
+        ("[    1.9] Run /init as init process\n[   40.1] reboot: Power down\n", False),
+    ],
+    ids=["before-init", "after-init", "no-panic"],
+)
+def test_only_a_panic_before_init_is_booted_again(tmp_path: Path, serial: str, early: bool) -> None:
+    log = tmp_path / "boot-1.serial.log"
+    log.write_text(serial)
+    assert panicked_before_init(log) is early
 
 
 def test_cloud_init_finished_uptime() -> None:

@@ -378,7 +378,7 @@ pkg_version() {
   rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' | head -n 1 || true
 }
 
-# dnf-automatic and zypper's automatic updates honour versionlock and locks: what is held stays (pm_hold_installed).
+# Held packages (pm_hold_installed: versionlock, zypper locks) are what keeps automatic updates away here.
 pm_keep_from_automatic_updates() { :; }
 
 # Whether a package owns FILE.
