@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from tests.support.rootfs import default_cache_dir
+
 Release = Literal["bookworm", "trixie"]
 RELEASES: tuple[Release, ...] = get_args(Release)
 
@@ -304,11 +306,6 @@ class VmImage:
 
 class VmImageError(RuntimeError):
     """The image could not be built (the message names the failing step)."""
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("BAKEGEN_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bakegen"
 
 
 def host_ca_certs() -> list[Path]:

@@ -670,7 +670,7 @@ kernel_package_patterns() {
 }
 
 install_kernel_headers() {
-  local kernel pattern flavour pkgs=()
+  local kernel pattern flavour meta pkgs=()
   for kernel in $(target_kernels); do
     for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
@@ -678,7 +678,8 @@ install_kernel_headers() {
   # builds the module for it (bakegen-kernel-guard checks that it did).
   if [ -n "$KERNEL_HEADERS_META" ]; then
     for flavour in $(kernel_flavours); do
-      if apt_has_candidate "${KERNEL_HEADERS_META//\{flavour\}/$flavour}"; then pkgs+=("${KERNEL_HEADERS_META//\{flavour\}/$flavour}"); fi
+      meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
+      if apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
     done
   fi
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)

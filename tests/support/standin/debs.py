@@ -115,7 +115,6 @@ def _stage_real(pkg: PackageSpec, version: str, arch: str, stage: Path) -> int:
         shutil.copyfile(source, target)
         target.chmod(mode)
         size += target.stat().st_size
-    (stage / "DEBIAN").mkdir(mode=0o755)
     for kind, script in layout.scripts.items():
         target = stage / "DEBIAN" / kind
         target.write_text(script.read_text().replace("#DEBHELPER#", ""))
@@ -132,10 +131,10 @@ def build_deb(spec: StandinSpec, pkg: PackageSpec, version: str, arch: str, out_
     with tempfile.TemporaryDirectory(prefix="bakegen-standin-") as tmp:
         stage = Path(tmp)
         stage.chmod(0o755)
+        (stage / "DEBIAN").mkdir(mode=0o755)
         size = _stage_real(pkg, version, arch, stage) if pkg.real else _stage_standin(pkg, version, stage)
         for directory in (p for p in stage.rglob("*") if p.is_dir()):
             directory.chmod(0o755)
-        (stage / "DEBIAN").mkdir(mode=0o755, exist_ok=True)
         (stage / "DEBIAN/control").write_text(_control(spec, pkg, version, arch, max(1, (size + 1023) // 1024)))
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
         subprocess.run(

@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.rootfs import default_cache_dir
+
 HERE = Path(__file__).resolve().parent
 TARBALL = HERE / "nvidia-container-toolkit-1.18.1.tar.gz"
 TARBALL_SHA256 = "2fd429f082e80ddba2c8b809cec56ac1aaf96970ded474cc81b9a6158ec8574e"
@@ -33,13 +35,8 @@ class ToolkitBuildError(RuntimeError):
     """The toolkit could not be built here (no Go toolchain, no C compiler for the architecture...)."""
 
 
-def cache_root() -> Path:
-    env = os.environ.get("BAKEGEN_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bakegen"
-
-
 def go_root() -> Path:
-    root = cache_root() / "go-1.26" / "root" / "usr" / "lib" / "go-1.26"
+    root = default_cache_dir() / "go-1.26" / "root" / "usr" / "lib" / "go-1.26"
     if not (root / "bin" / "go").is_file():
         raise ToolkitBuildError(f"no Go toolchain at {root}: run tests/setup.sh ({GO_PACKAGE} from Debian sid)")
     return root
@@ -54,7 +51,7 @@ def _checked_tarball() -> Path:
 
 def source_tree() -> Path:
     """The unpacked source, once per tarball checksum."""
-    tree = cache_root() / "toolkit" / f"src-{TARBALL_SHA256[:16]}"
+    tree = default_cache_dir() / "toolkit" / f"src-{TARBALL_SHA256[:16]}"
     top = tree / f"nvidia-container-toolkit-{SOURCE_VERSION}"
     if (top / "go.mod").is_file():
         return top
@@ -81,7 +78,7 @@ def _c_compiler(arch: str) -> str:
 def binaries(version: str, arch: str) -> Path:
     """A folder with the toolkit's commands for `arch`, reporting `version` (the upstream part of a package
     version) in `nvidia-ctk --version`; built once per source, version and architecture."""
-    out = cache_root() / "toolkit" / f"bin-{TARBALL_SHA256[:16]}-{version}-{arch}"
+    out = default_cache_dir() / "toolkit" / f"bin-{TARBALL_SHA256[:16]}-{version}-{arch}"
     if all((out / name).is_file() for name in COMMANDS):
         return out
     goroot, compiler, src = go_root(), _c_compiler(arch), source_tree()
@@ -92,8 +89,8 @@ def binaries(version: str, arch: str) -> Path:
         "GOTOOLCHAIN": "local",
         "GOPROXY": "off",
         "GOFLAGS": "-mod=vendor",
-        "GOCACHE": str(cache_root() / "toolkit" / "gocache"),
-        "GOPATH": str(cache_root() / "toolkit" / "gopath"),
+        "GOCACHE": str(default_cache_dir() / "toolkit" / "gocache"),
+        "GOPATH": str(default_cache_dir() / "toolkit" / "gopath"),
         "CGO_ENABLED": "1",
         "GOOS": "linux",
         "GOARCH": GOARCH[arch],
