@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from bench.run import table  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 RELEASES = ("bookworm", "trixie")
-KINDS = ("cloud-init", "shell", "wrong-release")
+KINDS = ("cloud-init", "bootstrap", "changed-script", "wrong-release")
 
 
 def boot_now(releases: list[str]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def boot_now(releases: list[str]) -> dict[str, Any]:
                 started = time.monotonic()
                 image = build_image(release, extra_ca=[mirror.ca_pem])
                 record_timings(f"image/{release}", {"seconds": round(time.monotonic() - started, 1), "key": image.key})
-                user_data = cloud_init_user_data(RELEASE_DISTRO[release], mirror)
+                user_data = cloud_init_user_data(RELEASE_DISTRO[release], mirror, cloud="azure")
                 outcome = boot_user_data(
                     image,
                     user_data,

@@ -23,9 +23,11 @@ from .plan import (
     parse_gpus,
     parse_https_url,
     parse_name_value,
+    parse_script_url,
     parse_toolkit_version,
 )
 from .resolve import descriptor_set, load_all, load_distro, suggest
+from .userdata import GENERIC, USER_DATA_CLOUDS
 
 COMMANDS = ("list", "show", "validate", "packer")
 ALL = "all"
@@ -89,10 +91,18 @@ def generate_parser() -> argparse.ArgumentParser:
     check.add_argument("--expected-gpus", type=int, default=0, help="fail when fewer GPUs are found")
     check.add_argument("--require-gpu", action="store_true", help="no GPU present is a failure")
     check.add_argument("--no-container-test", action="store_true", help="skip the docker run smoke test")
-    packer = parser.add_argument_group("packer")
-    packer.add_argument(
+    clouds = parser.add_argument_group("clouds")
+    clouds.add_argument(
         "--cloud",
-        help=f"comma list of {', '.join(c.value for c in Cloud)} (default: all the distribution has images for)",
+        help=f"cloud-init: the one cloud the user-data is for, {', '.join(USER_DATA_CLOUDS)} (default: generic, no "
+        f"size limit); Packer: a comma list of {', '.join(c.value for c in Cloud)} (default: all the distribution "
+        "has images for)",
+    )
+    clouds.add_argument(
+        "--script-url",
+        type=parse_script_url,
+        help="cloud-init: small user-data that downloads the install script (written beside it) from this https "
+        "URL and runs it only if its sha256 matches",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
@@ -103,10 +113,13 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def parse_clouds(value: str | None) -> tuple[Cloud, ...] | None:
+    """--cloud for Packer: the sources to build, or None for all."""
     if not value or value == ALL:
         return None
     clouds = []
     for item in value.split(","):
+        if item == GENERIC:
+            raise UsageError("--cloud generic is for cloud-init user-data; Packer builds for aws, gcp, azure or qemu")
         try:
             clouds.append(Cloud(item))
         except ValueError:
@@ -114,7 +127,23 @@ def parse_clouds(value: str | None) -> tuple[Cloud, ...] | None:
     return tuple(dict.fromkeys(clouds))
 
 
-def options_from(args: argparse.Namespace, arch: Arch) -> Options:
+def parse_user_data_cloud(value: str | None) -> str:
+    """--cloud for cloud-init: the one cloud whose user-data rules (size limit, gzip) the output follows.
+
+    qemu (NoCloud, a Packer source here) has no limit: generic.
+    """
+    if not value or value in (GENERIC, Cloud.QEMU.value):
+        return GENERIC
+    if value not in USER_DATA_CLOUDS:
+        if "," in value:
+            raise UsageError(f"--cloud {value}: cloud-init user-data is written for one cloud at a time")
+        raise UsageError(f"--cloud: {value!r} is not one of {', '.join(USER_DATA_CLOUDS)}")
+    return value
+
+
+def options_from(args: argparse.Namespace, arch: Arch, fmt: Format) -> Options:
+    """The Options of one job: --cloud means Packer's sources for the Packer format, the user-data's cloud for
+    cloud-init (and nothing for the shell format)."""
     mirrors = dict(parse_name_value("--mirror", m) for m in args.mirror)
     mirrors = {name: parse_https_url(f"--mirror {name}", url) for name, url in mirrors.items()}
     fingerprints = dict(parse_name_value("--key-fingerprint", f) for f in args.key_fingerprint)
@@ -145,7 +174,9 @@ def options_from(args: argparse.Namespace, arch: Arch) -> Options:
         mirrors=mirrors,
         fingerprints=fingerprints,
         check=check,
-        clouds=parse_clouds(args.cloud),
+        clouds=parse_clouds(args.cloud) if fmt is Format.PACKER else None,
+        user_data_cloud=parse_user_data_cloud(args.cloud) if fmt is Format.CLOUD_INIT else GENERIC,
+        script_url=args.script_url if fmt is Format.CLOUD_INIT else None,
     )
 
 

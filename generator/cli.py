@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 from collections.abc import Sequence
@@ -21,10 +20,11 @@ from .plan import make_plan
 from .render import FileKind, RenderedFile, make_environment, render
 from .resolve import descriptor_set, load_all, load_distro, suggest
 from .selfcheck import check_rendered
+from .userdata import GENERIC, USER_DATA_FORMS
 from .validate import run_validate
 
-# Providers cap user-data (AWS: 16384 bytes); cloud-init also accepts it gzip-compressed.
-USER_DATA_WARN_BYTES = 16384
+# The smallest user-data limit of the clouds bakegen knows (AWS's): generic user-data above it gets a note.
+USER_DATA_WARN_BYTES = min(f.limit for f in USER_DATA_FORMS.values() if f.limit)
 
 
 @dataclass(frozen=True)
@@ -54,25 +54,35 @@ def run_generate(argv: Sequence[str]) -> int:
     jobs = _jobs(args, distros)
     if args.stdout and (len(jobs) != 1 or jobs[0].fmt is Format.PACKER):
         raise UsageError("--stdout takes one distribution, one arch and a single-file format (cloud-init or shell)")
-    if not (args.check or args.stdout):
-        ensure_writable(args.out)
     env = make_environment()
     targets: list[Target] = []
     notes: list[str] = []
     rendered_for_stdout: RenderedFile | None = None
     unverified: dict[str, str] = {}
+    if args.script_url and args.format not in (Format.CLOUD_INIT.value, ALL):
+        raise UsageError("--script-url is for cloud-init user-data (--format cloud-init)")
+    written: dict[Path, Target] = {}
     for job in jobs:
-        plan = make_plan(job.distro, options_from(args, job.arch))
+        plan = make_plan(job.distro, options_from(args, job.arch, job.fmt))
         for repo in plan.repos:
             if repo.fingerprint == UNVERIFIED_FINGERPRINT:
                 unverified.setdefault(f"{job.distro.id}'s {repo.name}", repo.name)
-        for file in render(plan, job.fmt, env):
+        files = render(plan, job.fmt, env)
+        if args.stdout and len(files) > 1:
+            raise UsageError("--stdout prints one file; --script-url writes two (user-data and install.sh): use --out")
+        for file in files:
             label = f"{job.distro.id}/{job.arch.value}/{file.path}"
             check_rendered(file, label)
             rendered_for_stdout = file
-            targets.append(Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode))
-            if file.kind == FileKind.CLOUD_CONFIG:
-                note = user_data_size_note(label, file.content)
+            target = Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode)
+            # --format all --script-url: the shell format and the bootstrap form both write install.sh, the same.
+            if target.path in written:
+                assert written[target.path] == target, target.path
+                continue
+            written[target.path] = target
+            targets.append(target)
+            if file.kind == FileKind.CLOUD_CONFIG and plan.options.user_data_cloud == GENERIC:
+                note = user_data_size_note(label, target.data)
                 if note:
                     notes.append(note)
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
@@ -95,8 +105,14 @@ def run_generate(argv: Sequence[str]) -> int:
         )
     if args.stdout:
         assert rendered_for_stdout is not None
-        sys.stdout.write(rendered_for_stdout.content)
+        content = rendered_for_stdout.content
+        if isinstance(content, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+        else:
+            sys.stdout.write(content)
         return 0
+    ensure_writable(args.out)  # after every job rendered: a bad option or an oversized file leaves no trace
     for path in write_atomically(targets):
         print(path)
     if whole_matrix:
@@ -106,28 +122,20 @@ def run_generate(argv: Sequence[str]) -> int:
         print(f"bakegen: note: {notes[0]}", file=sys.stderr)
     elif notes:
         print(
-            f"bakegen: note: {len(notes)} cloud-init files are above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
-            "limit (see the README: User-data size)",
+            f"bakegen: note: {len(notes)} generic user-data files are above {USER_DATA_WARN_BYTES:,} bytes: for a "
+            "cloud that limits user-data, generate with --cloud aws|azure|gcp (README: User-data per cloud)",
             file=sys.stderr,
         )
     return 0
 
 
-def user_data_size_note(label: str, content: str) -> str | None:
-    """Providers cap user-data (AWS: 16 KiB, Azure: 64 KiB); cloud-init also reads it gzip-compressed."""
-    size = len(content.encode())
-    if size <= USER_DATA_WARN_BYTES:
+def user_data_size_note(label: str, data: bytes) -> str | None:
+    """Generic user-data has no limit; say which option fits it to a cloud that has one."""
+    if len(data) <= USER_DATA_WARN_BYTES:
         return None
-    packed = len(gzip.compress(content.encode(), compresslevel=9, mtime=0))
-    if packed <= USER_DATA_WARN_BYTES:
-        return (
-            f"{label} is {size} bytes, above AWS's {USER_DATA_WARN_BYTES}-byte user-data limit: "
-            f"gzip -9n brings it to {packed} bytes, and cloud-init reads gzip"
-        )
     return (
-        f"{label} is {size} bytes ({packed} gzip-compressed), above AWS's {USER_DATA_WARN_BYTES}-byte user-data "
-        "limit: on AWS bake an image with --format packer; Google Cloud (256 KiB) and, gzip-compressed, "
-        "Azure (64 KiB) take it"
+        f"{label} is {len(data):,} bytes, no limit applied (--cloud generic): for a cloud that limits user-data, "
+        "generate with --cloud aws|azure|gcp (README: User-data per cloud)"
     )
 
 

@@ -14,8 +14,12 @@ from .errors import BakegenError
 @dataclass(frozen=True)
 class Target:
     path: Path
-    content: str
+    content: str | bytes
     mode: int
+
+    @property
+    def data(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.encode()
 
 
 def ensure_writable(directory: Path) -> None:
@@ -36,8 +40,8 @@ def write_atomically(targets: Iterable[Target]) -> list[Path]:
             target.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.path.parent, prefix=f".{target.path.name}.")
             try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                    handle.write(target.content)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(target.data)
                 os.chmod(tmp, target.mode)
                 os.replace(tmp, target.path)
             except BaseException:
@@ -57,7 +61,7 @@ def stale(targets: Iterable[Target], managed_root: Path | None = None) -> list[s
         expected.add(target.path.resolve())
         if not target.path.is_file():
             problems.append(f"{target.path}: missing")
-        elif target.path.read_text(encoding="utf-8") != target.content:
+        elif target.path.read_bytes() != target.data:
             problems.append(f"{target.path}: out of date")
         elif (target.path.stat().st_mode & 0o777) != target.mode:
             problems.append(f"{target.path}: mode {oct(target.path.stat().st_mode & 0o777)}, want {oct(target.mode)}")

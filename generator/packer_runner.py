@@ -122,7 +122,7 @@ def render_folder(args: argparse.Namespace) -> tuple[Path, tuple[Cloud, ...], bo
     """Render and write OUT/DISTRO/ARCH/packer: returns the folder, the plan's clouds, whether --cloud chose them."""
     (distro,) = select_distros(args)
     arch = Arch(args.arch or Arch.X86_64.value)
-    options = options_from(args, arch)
+    options = options_from(args, arch, Format.PACKER)
     plan = make_plan(distro, options)
     base = args.out / distro.id / arch.value
     targets = []

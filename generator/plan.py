@@ -39,6 +39,7 @@ _FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%-]*$")
 _CONTROL_OR_SPACE_RE = re.compile(r"[\x00-\x20\x7f]")
+_URL_QUERY_RE = re.compile(r"^[A-Za-z0-9._~%=&+/:@,;*-]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
 # A container image reference: [registry[:port]/]path[:tag][@digest]; no spaces, quotes or shell characters.
 _IMAGE_RE = re.compile(
@@ -79,6 +80,8 @@ class Options:
     fingerprints: dict[str, str] = field(default_factory=dict)
     check: CheckOptions = field(default_factory=CheckOptions)
     clouds: tuple[Cloud, ...] | None = None  # Packer sources; None = every cloud the descriptor has images for
+    user_data_cloud: str = "generic"  # the cloud the cloud-init user-data is written for (its size limit, gzip)
+    script_url: str | None = None  # cloud-init: the bootstrap form, which downloads the install script from here
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,11 @@ def parse_fingerprint(flag: str, value: str) -> str:
     return cleaned
 
 
-def parse_https_url(flag: str, value: str) -> str:
-    """An https URL with nothing in it that could escape quoting anywhere (no spaces, quotes, $, `)."""
+def parse_https_url(flag: str, value: str, query: bool = False) -> str:
+    """An https URL with nothing in it that could escape quoting anywhere (no spaces, quotes, $, `).
+
+    `query`: a query is allowed too (a presigned or SAS-token URL of an object store), of URL-safe characters.
+    """
     if _CONTROL_OR_SPACE_RE.search(value):  # urlsplit would silently drop tab, CR and LF
         raise UsageError(f"{flag}: {value!r}: spaces and control characters are not allowed in a URL")
     try:
@@ -164,9 +170,26 @@ def parse_https_url(flag: str, value: str) -> str:
     host = parts.hostname or ""
     if not host or not _HOST_RE.fullmatch(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc):
         raise UsageError(f"{flag}: {value!r} has no valid host")
-    if parts.username or parts.password or parts.query or parts.fragment or not _URL_PATH_RE.fullmatch(parts.path):
-        raise UsageError(f"{flag}: {value!r}: only scheme, host, port and a plain path are allowed")
-    return value.rstrip("/")
+    plain_query = query and _URL_QUERY_RE.fullmatch(parts.query)
+    if (
+        parts.username
+        or parts.password
+        or (parts.query and not plain_query)
+        or parts.fragment
+        or not _URL_PATH_RE.fullmatch(parts.path)
+    ):
+        allowed = "scheme, host, port, a plain path and a query" if query else "scheme, host, port and a plain path"
+        raise UsageError(f"{flag}: {value!r}: only {allowed} are allowed")
+    return value if query else value.rstrip("/")
+
+
+def parse_script_url(value: str) -> str:
+    """--script-url: where the install script is published; an https URL of a file (a query is allowed)."""
+    url = parse_https_url("--script-url", value, query=True)
+    path = urlsplit(url).path
+    if not path.strip("/") or path.endswith("/"):
+        raise UsageError(f"--script-url: {value!r} names a folder: give the URL of the published install.sh")
+    return url
 
 
 def parse_name_value(flag: str, value: str) -> tuple[str, str]:

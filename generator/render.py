@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from . import __version__, hclfmt, quoting
+from . import __version__, embed, hclfmt, quoting
 from .errors import BakegenError
 from .model import UNVERIFIED_FINGERPRINT, Cloud, Family, Format, Runtime
 from .packer import (
@@ -26,12 +27,17 @@ from .packer import (
 )
 from .paths import data_dir
 from .plan import TOOLKIT_FLOOR, Plan, placeholder_values
+from .userdata import PLAIN, USER_DATA_FORMS, check_size, encode
 
 HEREDOC_END = "BAKEGEN_EMBEDDED_FILE_END"
+# The install script's header (its usage text, which `--help` prints) ends at this line.
+SCRIPT_HEADER_END = "set -euo pipefail"
 
 
 # Exit 10 (done, reboot required) is success for cloud-init: power_state acts on the marker file.
 CLOUD_INIT_RUNCMD = 'rc=0; /usr/local/sbin/bakegen-install || rc=$?; if [ "$rc" -eq 10 ]; then rc=0; fi; exit "$rc"'
+# The bootstrap form: nothing runs unless the download was verified.
+BOOTSTRAP_RUNCMD = "/usr/local/sbin/bakegen-bootstrap || exit $?; " + CLOUD_INIT_RUNCMD
 
 
 # Where each runtime keeps the configuration `nvidia-ctk runtime configure` edits: a property of the runtime,
@@ -46,15 +52,16 @@ RUNTIME_CONFIG = {
 class FileKind:
     SHELL = "shell"
     CLOUD_CONFIG = "cloud-config"
+    CLOUD_CONFIG_PACKED = "cloud-config, gzip-compressed (alone, or in MIME)"
     HCL = "hcl"
 
 
 @dataclass(frozen=True)
 class RenderedFile:
-    """One generated file, relative to the output folder."""
+    """One generated file, relative to the output folder: text, or bytes (gzip-compressed user-data)."""
 
     path: PurePosixPath
-    content: str
+    content: str | bytes
     kind: str
     mode: int = 0o644
 
@@ -184,7 +191,21 @@ def unattended_upgrades_blacklist(plan: Plan) -> list[str]:
     return entries
 
 
-def _context(plan: Plan, what: str) -> dict[str, Any]:
+EMBEDDED_NOTE = "comments left out for user-data: the commented source is bakegen's templates/files/{name}"
+
+
+def embedded_files() -> dict[str, str]:
+    """The files the install script writes, as its copy inside user-data carries them: without comments."""
+    return {
+        "gpu_check_program": embed.strip_python(
+            _static("bakegen-gpu-check.py"), EMBEDDED_NOTE.format(name="bakegen-gpu-check.py")
+        ),
+        "gpu_check_unit": embed.strip_systemd_unit(_static("bakegen-gpu-check.service")),
+        "kernel_guard": embed.strip_shell(_static("bakegen-kernel-guard")),
+    }
+
+
+def _context(plan: Plan, what: str, embedded: bool = False) -> dict[str, Any]:
     return {
         "plan": plan,
         "banner": _banner(plan, what),
@@ -199,6 +220,7 @@ def _context(plan: Plan, what: str) -> dict[str, Any]:
         "unattended_blacklist": unattended_upgrades_blacklist(plan) if plan.distro.family is Family.APT else [],
         "gpu_check_config": gpu_check_config(plan),
         "check_container_test": check_container_test(plan),
+        **(embedded_files() if embedded else {}),
     }
 
 
@@ -212,23 +234,56 @@ def _render(env: jinja2.Environment, names: str | list[str], context: dict[str, 
         raise BakegenError(f"template {where}{f':{line}' if line else ''}: {exc.message or exc}") from None
 
 
-def render_script(env: jinja2.Environment, plan: Plan) -> str:
-    return _render(env, "shell/install.sh.j2", _context(plan, "Install script"))
+def render_script(env: jinja2.Environment, plan: Plan, embedded: bool = False) -> str:
+    """The install script; `embedded`: the copy user-data carries, without comments (its usage text is kept)."""
+    script = _render(env, "shell/install.sh.j2", _context(plan, "Install script", embedded))
+    if embedded:
+        script = embed.strip_shell(script, HEREDOC_END, keep_until=SCRIPT_HEADER_END)
+    return script
 
 
 def render(plan: Plan, fmt: Format, env: jinja2.Environment | None = None) -> list[RenderedFile]:
     """All files of one format for one plan, paths relative to out/<distro>/<arch>/."""
     env = env or make_environment()
-    script = render_script(env, plan)
     if fmt is Format.SHELL:
-        return [RenderedFile(PurePosixPath("install.sh"), script, FileKind.SHELL, 0o755)]
+        return [RenderedFile(PurePosixPath("install.sh"), render_script(env, plan), FileKind.SHELL, 0o755)]
     if fmt is Format.CLOUD_INIT:
-        context = {**_context(plan, "cloud-init user-data"), "script": script, "runcmd": CLOUD_INIT_RUNCMD}
-        text = _render(env, "cloud-init/user-data.yaml.j2", context)
-        return [RenderedFile(PurePosixPath("user-data.yaml"), text, FileKind.CLOUD_CONFIG)]
+        return render_user_data(env, plan)
     if fmt is Format.PACKER:
-        return render_packer(env, plan, script)
+        return render_packer(env, plan, render_script(env, plan))
     raise AssertionError(fmt)
+
+
+def render_user_data(env: jinja2.Environment, plan: Plan) -> list[RenderedFile]:
+    """The user-data for the cloud asked for, within its size limit; or the bootstrap form and the script it
+    downloads (--script-url). Raises BakegenError when the user-data would be over the cloud's limit."""
+    form = USER_DATA_FORMS[plan.options.user_data_cloud]
+    context = _context(plan, "cloud-init user-data")
+    files = []
+    if plan.options.script_url:
+        script = render_script(env, plan)  # published as it is: the readable standalone script
+        bootstrap = _render(
+            env,
+            "cloud-init/bootstrap.sh.j2",
+            {
+                **context,
+                "script_url": plan.options.script_url,
+                "script_sha256": hashlib.sha256(script.encode()).hexdigest(),
+            },
+        )
+        text = _render(
+            env, "cloud-init/bootstrap.yaml.j2", {**context, "bootstrap": bootstrap, "runcmd": BOOTSTRAP_RUNCMD}
+        )
+        files.append(RenderedFile(PurePosixPath("install.sh"), script, FileKind.SHELL, 0o755))
+        user_data = RenderedFile(PurePosixPath("user-data.yaml"), text, FileKind.CLOUD_CONFIG)
+    else:
+        script = render_script(env, plan, embedded=True)
+        text = _render(env, "cloud-init/user-data.yaml.j2", {**context, "script": script, "runcmd": CLOUD_INIT_RUNCMD})
+        kind = FileKind.CLOUD_CONFIG if form.encoding == PLAIN else FileKind.CLOUD_CONFIG_PACKED
+        user_data = RenderedFile(PurePosixPath(form.file_name), encode(form, text), kind)
+    data = user_data.content if isinstance(user_data.content, bytes) else user_data.content.encode()
+    check_size(form, data, f"{plan.distro.id}/{plan.arch.value}/{user_data.path}")
+    return [user_data, *files]
 
 
 def _hcl(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:

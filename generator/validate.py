@@ -1,9 +1,10 @@
 """`bakegen validate PATH...`: run the real validators on generated files, report every problem at once.
 
 cloud-config: cloud-init's own schema (the distribution's cloud-init, run by the system Python), the newest
-cloud-init JSON schema (from Debian's archive; it rejects unknown top-level keys) and yamllint.
-Shell: shellcheck at warning level and bash -n. HCL: HashiCorp's parser (pygohcl), `packer fmt -check` and
-`packer validate` with what an old Packer understands.
+cloud-init JSON schema (from Debian's archive; it rejects unknown top-level keys) and yamllint, also on the
+content of gzip-compressed user-data (`*.yaml.gz`, `*.mime`). Shell: shellcheck at warning level and bash -n, on
+the scripts and on those each user-data writes (reported as `user-data.yaml#/path/of/script`). HCL: HashiCorp's
+parser (pygohcl), `packer fmt -check` and `packer validate` with what an old Packer understands.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from .args import Parser
 from .errors import BakegenError, UsageError
 from .packer import make_legacy_copy, packer_version
+from .userdata import unpack
 
 YAMLLINT_CONFIG = """\
 extends: default
@@ -68,7 +70,7 @@ def _need(tool: str, install: str) -> str:
 
 
 def _classify(paths: Iterable[Path]) -> dict[str, list[Path]]:
-    kinds: dict[str, list[Path]] = {"cloud-config": [], "shell": [], "hcl": []}
+    kinds: dict[str, list[Path]] = {"cloud-config": [], "cloud-config-packed": [], "shell": [], "hcl": []}
     for root in paths:
         if not root.exists():
             raise UsageError(f"validate: {root} does not exist")
@@ -80,7 +82,45 @@ def _classify(paths: Iterable[Path]) -> dict[str, list[Path]]:
                 kinds["shell"].append(path)
             elif path.suffix in (".yaml", ".yml") and path.read_text(encoding="utf-8").startswith("#cloud-config"):
                 kinds["cloud-config"].append(path)
+            elif path.name.endswith((".yaml.gz", ".yml.gz", ".mime")):
+                kinds["cloud-config-packed"].append(path)
     return kinds
+
+
+def _embedded_scripts(text: str) -> list[tuple[str, str]]:
+    """(path, content) of the shell scripts a cloud-config writes (write_files): what the machine will run."""
+    data = yaml.safe_load(text)
+    found = []
+    for entry in data.get("write_files") or [] if isinstance(data, dict) else []:
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if isinstance(content, str) and content.startswith(("#!/bin/sh", "#!/usr/bin/env bash", "#!/bin/bash")):
+            found.append((str(entry.get("path")), content))
+    return found
+
+
+def _unpack(kinds: dict[str, list[Path]], folder: Path) -> dict[Path, Path]:
+    """Copies, under `folder`, of what the validators need to see: gzip-compressed user-data decompressed, and
+    the scripts each user-data writes. Returns copy -> the name problems are reported under."""
+    origin: dict[Path, Path] = {}
+    for path in kinds.pop("cloud-config-packed"):
+        copy = folder / f"{len(origin)}-user-data.yaml"
+        try:
+            copy.write_text(unpack(path.read_bytes()), encoding="utf-8")
+        except (OSError, EOFError, UnicodeDecodeError, BakegenError) as exc:
+            raise BakegenError(f"validate: {path} is not user-data bakegen can unpack: {exc}") from None
+        origin[copy] = path
+        kinds["cloud-config"].append(copy)
+    for path in list(kinds["cloud-config"]):
+        try:
+            scripts = _embedded_scripts(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            continue  # the YAML validators report it
+        for target, content in scripts:
+            copy = folder / f"{len(origin)}-{Path(target).name}.sh"
+            copy.write_text(content, encoding="utf-8")
+            origin[copy] = Path(f"{origin.get(path, path)}#{target}")
+            kinds["shell"].append(copy)
+    return origin
 
 
 # ----- cloud-config -----
@@ -281,12 +321,16 @@ VALIDATORS: dict[str, list[Callable[[list[Path]], list[Problem]]]] = {
 def validate(paths: Iterable[Path]) -> tuple[list[Problem], dict[str, int]]:
     """Every problem found in the files under `paths`, sorted and de-duplicated, and a count per kind."""
     kinds = _classify(paths)
+    counts = {"cloud-config": len(kinds["cloud-config"]) + len(kinds["cloud-config-packed"])}
+    counts |= {kind: len(files) for kind, files in kinds.items() if kind in ("shell", "hcl")}
     problems: set[Problem] = set()
-    for kind, files in kinds.items():
-        for check in VALIDATORS[kind]:
-            problems.update(check(files))
-    counts = {kind: len(files) for kind, files in kinds.items()}
-    return sorted(problems, key=str), counts
+    with tempfile.TemporaryDirectory(prefix="bakegen-validate-") as folder:
+        origin = _unpack(kinds, Path(folder))
+        for kind, files in kinds.items():
+            for check in VALIDATORS[kind]:
+                problems.update(check(files))
+    named = {Problem(origin.get(p.path, p.path), p.validator, p.message) for p in problems}
+    return sorted(named, key=str), counts
 
 
 def run_validate(argv: Sequence[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 
 from generator import __version__
 from generator.model import Format
+from generator.render import HEREDOC_END
 from tests.helpers import matrix, render_files, run_cli
 
 SAMPLE = [("debian12", "x86_64"), ("ubuntu24.04", "aarch64"), ("rhel9", "x86_64"), ("sles15", "x86_64")]
@@ -34,10 +36,35 @@ def test_the_same_script_is_carried_by_every_format(distro: str, arch: str) -> N
     (user_data,) = render_files(distro, Format.CLOUD_INIT, arch=arch)
     packer = {str(f.path): f for f in render_files(distro, Format.PACKER, arch=arch)}
     embedded = yaml.safe_load(user_data.content)["write_files"][0]["content"]
-    # The banner's first line names the format; everything after it is the same script.
-    assert embedded.split("\n", 2)[2] == shell.content.split("\n", 2)[2]
+    # The banner's first line names the format; user-data's copy is the script without its comment and blank
+    # lines (what it writes, without theirs: the trace tests run both).
+    dropped = only_dropped(shell.content.split("\n")[1:], embedded.split("\n")[1:])
+    assert dropped and all(not line.strip() or line.lstrip().startswith("#") for line in dropped), dropped
+    assert any("shellcheck disable" in line for line in embedded.split("\n")) == (distro in ("debian12", "ubuntu24.04"))
+    # Packer's copy is the script itself: people read it in the image's build log.
     assert packer["packer/scripts/bakegen-install.sh"].content.split("\n", 2)[2] == shell.content.split("\n", 2)[2]
     assert 'script           = "${path.root}/scripts/bakegen-install.sh"' in packer["packer/build.pkr.hcl"].content
+
+
+def only_dropped(full: list[str], copy: list[str]) -> list[str]:
+    """The lines of `full` that `copy` leaves out, outside the files both write (heredoc bodies); fails when the
+    copy adds or changes a line there."""
+
+    def outside_heredocs(lines: list[str]) -> list[str]:
+        kept, inside = [], False
+        for line in lines:
+            if not inside:
+                kept.append(line)
+            inside = (inside and line != HEREDOC_END) or (not inside and line.endswith(f"<<'{HEREDOC_END}'"))
+        return kept
+
+    a, b = outside_heredocs(full), outside_heredocs(copy)
+    dropped = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        assert op in ("equal", "delete"), (op, a[i1:i2], b[j1:j2])
+        if op == "delete":
+            dropped += a[i1:i2]
+    return dropped
 
 
 def test_cloud_init_reboots_only_through_power_state_with_a_condition() -> None:

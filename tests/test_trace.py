@@ -31,8 +31,18 @@ from typing import Any
 import pytest
 
 from generator.model import Family
+from generator.render import make_environment, render_script
 from tests.helpers import AUDITED_ERRORS, all_distro_ids, descriptor_with
-from tests.support.trace import FakeMachine, KeyRing, Machine, Run, describe_keys, describe_run, normalizer
+from tests.support.trace import (
+    EMBEDDED_MARK,
+    FakeMachine,
+    KeyRing,
+    Machine,
+    Run,
+    describe_keys,
+    describe_run,
+    normalizer,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 REGEN = os.environ.get("BAKEGEN_TRACE_REGEN") == "1"
@@ -559,6 +569,28 @@ def test_bad_key_or_repository_leaves_nothing(
     if code == 4 or fault.startswith("key-"):
         # The key never got near a package manager: no import, no repository refresh.
         assert run.of("trust") == [] and [c for c in run.of("download") if c.tool != "curl"] == [], family
+
+
+# The copy of the script that cloud-init user-data carries has no comments (generator/embed.py): it must do
+# exactly what the script does. One scenario per package manager and driver source, against the same fixtures.
+EMBEDDED_COPY = ("debian12", "ubuntu22.04", "ubuntu24.04-cuda-repo", "rhel9", "amzn2023", "fedora43", "sles15")
+
+
+@pytest.mark.parametrize("name", EMBEDDED_COPY)
+def test_the_user_data_copy_does_what_the_script_does(name: str, keys: KeyRing, machine_dir: Path) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == name)
+    assert not scenario.bugs, "a scenario with known bugs is no reference"
+    with _machine(
+        machine_dir, keys, scenario.distro, machine=scenario.machine, mirrors=scenario.mirrors, **scenario.options
+    ) as fake:
+        script = fake.script
+        fake.set_script(render_script(make_environment(), fake.plan, embedded=True))
+        assert len(fake.script) < len(script) * 0.9, "nothing was left out of the copy"
+        first = fake.run()
+        second = fake.run()
+        text = _fixture_text(scenario, fake, first, second, keys)
+    assert EMBEDDED_MARK in text, "the copy did not write the files as user-data carries them"
+    assert text.replace(EMBEDDED_MARK, "") == (FIXTURES / f"{name}.txt").read_text()
 
 
 DRY_RUN = ("ubuntu24.04", "ubuntu24.04-cuda-repo", "debian12", "rhel9", "sles15")

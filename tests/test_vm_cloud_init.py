@@ -4,11 +4,15 @@ Per release (bookworm -> debian12, trixie -> debian13), with the toolkit from th
 and the driver left out (`--no-driver`: Debian's DKMS build takes ~49 min under TCG; tests/test_rootfs_e2e.py builds
 it natively):
 
-- the cloud-init path: bakegen's user-data, unchanged, booted on the release's image. Boot 1 runs the install (no
-  GPU, no nouveau: nothing needs a reboot, so power_state must not reboot); boot 2, started by the harness on the
-  same disk and instance, runs the GPU check unit, which records "no-gpu".
-- the shell path: the generated shell script as a person pastes it into their own user-data (write_files +
-  runcmd); it must end in the state the cloud-init path ended in after its first boot.
+- the cloud-init path: bakegen's user-data for Azure (`--cloud azure`: a MIME message whose one part is the
+  gzip-compressed user-data, which cloud-init unpacks itself; the same YAML as `--cloud generic`, byte for byte,
+  tests/test_user_data_clouds.py), unchanged, booted on the release's image. Boot 1 runs the install (no GPU, no
+  nouveau: nothing needs a reboot, so power_state must not reboot); boot 2, started by the harness on the same disk
+  and instance, runs the GPU check unit, which records "no-gpu".
+- the bootstrap path (`--script-url`, the form that fits AWS): the user-data downloads the shell script (the
+  `--format shell` script itself) from the stand-in HTTPS server, checks its sha256 and runs it; it must end in the
+  state the cloud-init path ended in after its first boot. A published script changed after generation stops
+  before anything runs (bookworm).
 - a user-data generated for debian13 booted on debian12 refuses cleanly (exit 3, both versions named) and installs
   nothing from the mirror.
 
@@ -22,11 +26,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from generator.model import Format
 from generator.plan import CheckOptions
-from tests.helpers import render_files
+from generator.render import embedded_files
+from tests.helpers import REPO, render_files
 from tests.support.mirror import Mirror, Request, key_fingerprints
 from tests.support.vm import BootEnd, VmRun, boot, kill_all_vms
 from tests.support.vm_fixtures import ImageFactory, vm_releases
@@ -59,7 +63,8 @@ TOOLKIT_PACKAGES = (
 KEYRING = f"/etc/apt/keyrings/{REPO_NAME}.gpg"
 SOURCE_LIST = f"/etc/apt/sources.list.d/{REPO_NAME}.list"
 PIN_FILE = f"/etc/apt/preferences.d/bakegen-{REPO_NAME}"
-SHELL_SCRIPT_PATH = "/root/install-nvidia-container-host.sh"
+# Where the bootstrap path's script is published on the stand-in server (under the mirror's web root).
+PUBLISHED_SCRIPT = "bakegen/{name}/install.sh"
 # What the install leaves behind, read off the guest's disk after the run (folders are read whole).
 STATE_PATHS = (
     "/etc/apt/keyrings",
@@ -80,8 +85,12 @@ SAME_STATE_FILES = (
     "docker/daemon.json",
     "bakegen/gpu-check.json",
     "rules.d/71-nvidia-dev-char.rules",
-    "bakegen-gpu-check.service",
-    "bakegen-gpu-check",
+)
+# Files the user-data's copy of the script writes without comments (generator/embed.py): the bootstrap path's
+# script writes them as templates/files/ has them. (extraction name, templates/files name, embedded_files key)
+EMBEDDED_STATE_FILES = (
+    ("bakegen-gpu-check", "bakegen-gpu-check.py", "gpu_check_program"),
+    ("bakegen-gpu-check.service", "bakegen-gpu-check.service", "gpu_check_unit"),
 )
 # Result fields that differ from run to run by nature.
 VOLATILE_RESULT_KEYS = ("time", "duration_s")
@@ -127,34 +136,26 @@ def render_options(mirror: Mirror) -> dict[str, Any]:
     }
 
 
-def cloud_init_user_data(distro: str, mirror: Mirror, arch: str = "x86_64") -> str:
-    """bakegen's cloud-init output, exactly as a user gets it."""
-    (user_data,) = render_files(distro, Format.CLOUD_INIT, arch=arch, **render_options(mirror))
+def cloud_init_user_data(distro: str, mirror: Mirror, arch: str = "x86_64", cloud: str = "generic") -> str:
+    """bakegen's cloud-init output for `cloud`, exactly as a user gets it (text: generic, gcp or azure)."""
+    (user_data,) = render_files(distro, Format.CLOUD_INIT, arch=arch, user_data_cloud=cloud, **render_options(mirror))
+    assert isinstance(user_data.content, str), "a binary form: the NoCloud seed takes text here"
     return user_data.content
 
 
-def shell_script(distro: str, mirror: Mirror) -> str:
-    (script,) = render_files(distro, Format.SHELL, **render_options(mirror))
-    return script.content
-
-
-def shell_user_data(distro: str, mirror: Mirror) -> str:
-    """A person's own user-data around bakegen's SHELL output: saved with write_files, run from runcmd."""
-    script = shell_script(distro, mirror)
-    text = (
-        "#cloud-config\n"
-        "# my own user-data: bakegen's shell script pasted in, saved and run once\n"
-        "write_files:\n"
-        f"  - path: {SHELL_SCRIPT_PATH}\n"
-        '    permissions: "0755"\n'
-        "    content: |\n"
-        f"{textwrap.indent(script, '      ', lambda line: True)}"
-        "runcmd:\n"
-        f"  - [bash, {SHELL_SCRIPT_PATH}]\n"
+def bootstrap_user_data(distro: str, mirror: Mirror, name: str, change: str = "") -> tuple[str, str, str]:
+    """bakegen's bootstrap form (`--cloud aws --script-url`), its script published on the stand-in server under
+    PUBLISHED_SCRIPT with `change` appended (a change after generation). Returns (user-data, URL, the script)."""
+    path = PUBLISHED_SCRIPT.format(name=name)
+    url = f"{mirror.base_url_for(GUEST_HOST)}/{path}"
+    user_data, script = render_files(
+        distro, Format.CLOUD_INIT, user_data_cloud="aws", script_url=url, **render_options(mirror)
     )
-    parsed = yaml.safe_load(text)
-    assert parsed["write_files"][0]["content"] == script, "the pasted script did not survive YAML"
-    return text
+    assert str(script.path) == "install.sh" and isinstance(script.content, str) and isinstance(user_data.content, str)
+    published = mirror.www / path
+    published.parent.mkdir(parents=True, exist_ok=True)
+    published.write_text(script.content + change)
+    return user_data.content, url, script.content
 
 
 def again(previous: VmRun) -> VmImage:
@@ -311,7 +312,7 @@ def cloud_init_outcome(
 ) -> Iterator[Outcome]:
     mirror = standin_mirror_session
     mirror.set_mode("normal")
-    user_data = cloud_init_user_data(RELEASE_DISTRO[release], mirror)
+    user_data = cloud_init_user_data(RELEASE_DISTRO[release], mirror, cloud="azure")
     yield boot_user_data(
         mirror_image,
         user_data,
@@ -324,19 +325,19 @@ def cloud_init_outcome(
 
 
 @pytest.fixture(scope="module")
-def shell_outcome(
+def bootstrap_outcome(
     release: Release, mirror_image: VmImage, standin_mirror_session: Mirror, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outcome]:
     mirror = standin_mirror_session
     mirror.set_mode("normal")
-    user_data = shell_user_data(RELEASE_DISTRO[release], mirror)
+    user_data, _, _ = bootstrap_user_data(RELEASE_DISTRO[release], mirror, release)
     yield boot_user_data(
         mirror_image,
         user_data,
         mirror,
-        tmp_path_factory.mktemp(f"shell-{release}"),
+        tmp_path_factory.mktemp(f"bootstrap-{release}"),
         release=release,
-        kind="shell",
+        kind="bootstrap",
         boots=1,
     )
 
@@ -477,33 +478,83 @@ def test_docker_cli_is_installed(cloud_init_outcome: Outcome) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. the shell path, as a person pastes the script into their own user-data
+# 2. the bootstrap path (--script-url): the shell script downloaded, verified and run
 
 
 @pytest.mark.vm
-def test_shell_script_path_ends_in_the_same_state(
-    shell_outcome: Outcome, cloud_init_outcome: Outcome, standin_mirror_session: Mirror
+def test_bootstrap_path_ends_in_the_same_state(
+    bootstrap_outcome: Outcome, cloud_init_outcome: Outcome, standin_mirror_session: Mirror
 ) -> None:
-    shell, cloud = shell_outcome, cloud_init_outcome
-    assert "bakegen-install" not in shell.user_data and "power_state" not in shell.user_data
-    assert_clean_boot(shell, shell.first)
-    assert_toolkit_installed(shell, standin_mirror_session)
-    log = shell.first.last.read_result("bakegen.log")
+    boot, cloud = bootstrap_outcome, cloud_init_outcome
+    assert "put_file" not in boot.user_data and len(boot.user_data.encode()) <= 16384, "not the small form"
+    assert_clean_boot(boot, boot.first)
+    assert_toolkit_installed(boot, standin_mirror_session)
+    log = boot.first.last.read_result("bakegen.log")
     assert re.search(r"bakegen\[finish\]: done$", log, re.M), log[-3000:]
+    # The script was fetched once from where it was published, and verified before it ran.
+    path = "/" + PUBLISHED_SCRIPT.format(name=boot.release)
+    assert [r.status for r in boot.requests if r.path == path] == [200], boot.requests
+    output = boot.first.last.read_result("cloud-init-output.log")
+    assert re.search(rf"bakegen-bootstrap: downloaded https://\S+{path}, sha256 [0-9a-f]{{64}} verified", output), (
+        output
+    )
+    assert output.index("verified, installed as /usr/local/sbin/bakegen-install") < output.index(
+        "---- checking this is"
+    )
 
     # Same packages (every one, not only the toolkit's), same configuration, same check result.
-    assert installed_packages(shell.first) == installed_packages(cloud.first)
-    assert docker_runtimes(shell.first) == docker_runtimes(cloud.first)
+    assert installed_packages(boot.first) == installed_packages(cloud.first)
+    assert docker_runtimes(boot.first) == docker_runtimes(cloud.first)
     differ = [
-        name for name in SAME_STATE_FILES if (shell.state / name).read_bytes() != (cloud.state / name).read_bytes()
+        name for name in SAME_STATE_FILES if (boot.state / name).read_bytes() != (cloud.state / name).read_bytes()
     ]
     assert not differ, differ
-    enabled = sorted(p.name for p in (shell.state / "multi-user.target.wants").iterdir())
+    # The check program and its unit: as templates/files/ has them here, without comments from the user-data copy.
+    embedded = embedded_files()
+    for name, source, key in EMBEDDED_STATE_FILES:
+        assert (boot.state / name).read_bytes() == (REPO / "templates" / "files" / source).read_bytes(), name
+        assert (cloud.state / name).read_text() == embedded[key], name
+    enabled = sorted(p.name for p in (boot.state / "multi-user.target.wants").iterdir())
     assert enabled == sorted(p.name for p in (cloud.state / "multi-user.target.wants").iterdir())
     assert "bakegen-gpu-check.service" in enabled and "docker.service" in enabled, enabled
-    shell_result, cloud_result = read_check_result(shell.first), read_check_result(cloud.first)
-    assert shell_result is not None and cloud_result is not None
-    assert comparable(shell_result) == comparable(cloud_result)
+    boot_result, cloud_result = read_check_result(boot.first), read_check_result(cloud.first)
+    assert boot_result is not None and cloud_result is not None
+    assert comparable(boot_result) == comparable(cloud_result)
+
+
+@pytest.mark.vm
+def test_bootstrap_refuses_a_script_changed_after_generation(
+    vm_image_factory: ImageFactory, standin_mirror: Mirror, tmp_path: Path
+) -> None:
+    """The published script differs from the generated one by a line: nothing runs, and cloud-init says so."""
+    if "bookworm" not in vm_releases():
+        pytest.skip("needs the bookworm image (BAKEGEN_VM_RELEASES excludes it)")
+    mirror = standin_mirror
+    image = vm_image_factory("bookworm", extra_ca=[mirror.ca_pem])
+    user_data, url, script = bootstrap_user_data("debian12", mirror, "changed", change="touch /tmp/owned\n")
+    outcome = boot_user_data(image, user_data, mirror, tmp_path, release="bookworm", kind="changed-script", boots=1)
+    summary = outcome.summary()
+    only = outcome.first.last
+    assert outcome.first.boot_count == 1 and only.end is BootEnd.POWEROFF, summary
+
+    output = only.read_result("cloud-init-output.log")
+    changed = hashlib.sha256((script + "touch /tmp/owned\n").encode()).hexdigest()
+    want = hashlib.sha256(script.encode()).hexdigest()
+    assert (
+        f"bakegen-bootstrap: {url} has sha256 {changed}, but this user-data was generated for {want}: not running it"
+        in output
+    ), output[-3000:]
+    assert "---- checking this is" not in output, "the install script ran"
+    cloud_init_log = only.read_result("cloud-init.log")
+    assert re.search(r"Command: \['/var/lib/cloud/instance/scripts/runcmd'\]\nExit code: 4\n", cloud_init_log), summary
+    assert only.cloud_init is not None and only.cloud_init.status == "error", summary
+    assert any(re.search(r"scripts[-_]user.*runcmd", e) for e in only.cloud_init.errors), only.cloud_init.raw
+    # One request, for the script; nothing installed, configured or written by the install.
+    assert [r.path for r in outcome.requests] == ["/" + PUBLISHED_SCRIPT.format(name="changed")], outcome.requests
+    packages = installed_packages(outcome.first)
+    assert not [p for p in packages if p in TOOLKIT_PACKAGES or p == "docker.io"], sorted(packages)
+    assert not (outcome.state / "keyrings" / f"{REPO_NAME}.gpg").exists()
+    assert not (outcome.state / "bakegen").exists() and not (outcome.state / "bakegen-gpu-check").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

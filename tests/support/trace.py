@@ -51,7 +51,7 @@ from generator import evidence
 from generator.evidence import ARCHIVE, kernel_lines
 from generator.model import Arch, Distro, Family
 from generator.plan import Options, Plan, make_plan
-from generator.render import make_environment
+from generator.render import embedded_files, make_environment
 from generator.render import render_script as _render_script_text
 from generator.resolve import descriptor_set, load_distro
 
@@ -880,7 +880,20 @@ TEXT_PREFIXES = ("/etc/", "/boot/initr", "/run/bakegen/")
 EMBEDDED = {
     "/usr/local/sbin/bakegen-gpu-check": "templates/files/bakegen-gpu-check.py",
     "/etc/systemd/system/bakegen-gpu-check.service": "templates/files/bakegen-gpu-check.service",
+    "/etc/kernel/postinst.d/zz-bakegen-nvidia": "templates/files/bakegen-kernel-guard",
 }
+# How the copy of the install script inside user-data writes the same files (generator/embed.py).
+EMBEDDED_MARK = " (the user-data copy: no comments)"
+
+
+def _embedded_forms() -> dict[str, bytes]:
+    files = embedded_files()
+    forms = {
+        "templates/files/bakegen-gpu-check.py": files["gpu_check_program"],
+        "templates/files/bakegen-gpu-check.service": files["gpu_check_unit"],
+        "templates/files/bakegen-kernel-guard": files["kernel_guard"],
+    }
+    return {name: text.encode() for name, text in forms.items()}
 
 
 def describe_change(run: Run, change: Change, norm: Any, home: Path) -> list[str]:
@@ -897,8 +910,12 @@ def describe_change(run: Run, change: Change, norm: Any, home: Path) -> list[str
         return [f"- {change.path}"]
     data = change.data or b""
     if change.path in EMBEDDED:
-        same = data == (REPO / EMBEDDED[change.path]).read_bytes()
-        return [f"{head}: {'=' if same else 'DIFFERS FROM'} {EMBEDDED[change.path]}"]
+        source = EMBEDDED[change.path]
+        if data == (REPO / source).read_bytes():
+            return [f"{head}: = {source}"]
+        if data == _embedded_forms()[source]:
+            return [f"{head}: = {source}{EMBEDDED_MARK}"]
+        return [f"{head}: DIFFERS FROM {source}"]
     fprs = describe_keys(data, home) if (data and not _is_text(data)) or b"BEGIN PGP" in data else []
     if fprs:
         return [f"{head}: OpenPGP key {' '.join(norm(f) for f in fprs)}"]

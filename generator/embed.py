@@ -1,0 +1,119 @@
+"""Embedded copies: the install script and its files without comments, for user-data that clouds cap in size.
+
+The standalone shell output keeps every comment: people read it. Copies that a machine only runs (the script
+inside cloud-init user-data, the GPU check inside that script) leave out comment lines, docstrings and blank
+lines. Nothing else changes: for Python this is proven on every call (the syntax tree without docstrings is the
+same), for shell by the trace tests, which run the embedded script against the standalone script's fixtures.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import io
+import re
+import tokenize
+
+from .errors import BakegenError
+
+COMMENT_LINE = re.compile(r"^\s*#(?! shellcheck )")  # shellcheck's directives are kept
+
+
+def strip_shell(text: str, heredoc_end: str | None = None, keep_until: str | None = None) -> str:
+    """Leave out comment lines and blank lines of a shell script, keeping the first line (`#!`).
+
+    Heredoc bodies ending in `heredoc_end` are files the script writes: they are kept as they are. Lines up to
+    and including the first one equal to `keep_until` are kept too (the script's usage text is its header).
+    Trailing comments are kept: telling them from a `#` inside a word or string needs a shell parser.
+    """
+    lines = text.rstrip("\n").split("\n")
+    kept = lines[:1]
+    start = 1
+    if keep_until is not None:
+        try:
+            start = lines.index(keep_until) + 1
+        except ValueError:
+            raise BakegenError(f"embedding: no line {keep_until!r} to keep the header up to") from None
+        kept = lines[:start]
+    opener = f"<<'{heredoc_end}'" if heredoc_end else None
+    in_heredoc = False
+    for line in lines[start:]:
+        if in_heredoc:
+            kept.append(line)
+            in_heredoc = line != heredoc_end
+            continue
+        if not line.strip() or COMMENT_LINE.match(line):
+            continue
+        kept.append(line)
+        in_heredoc = opener is not None and line.rstrip().endswith(opener)
+    return "\n".join(kept) + "\n"
+
+
+def strip_systemd_unit(text: str) -> str:
+    """A unit file without its comment lines (`#` and `;` start comments in systemd's syntax) and blank lines."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";"))]
+    return "\n".join(lines) + "\n"
+
+
+def _docstring_lines(tree: ast.Module) -> set[int]:
+    """Line numbers of docstrings that are not a body's only statement (removing those would change the code)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if _has_docstring(node):
+            first = node.body[0]  # type: ignore[attr-defined]
+            lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return lines
+
+
+def _has_docstring(node: ast.AST) -> bool:
+    """A module, class or function whose body starts with a string and has more in it."""
+    if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        return False
+    first = node.body[0] if node.body else None
+    return (
+        len(node.body) > 1
+        and isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
+
+
+def _without_docstrings(tree: ast.Module) -> str:
+    for node in ast.walk(tree):
+        if _has_docstring(node):
+            node.body = node.body[1:]  # type: ignore[attr-defined]
+    return ast.dump(tree)
+
+
+@functools.lru_cache(maxsize=8)
+def strip_python(source: str, note: str = "") -> str:
+    """A Python program without comments, docstrings and blank lines; `note` becomes its second line.
+
+    The first line (`#!`) is kept. Raises BakegenError unless the result has the same syntax tree as the
+    source without its docstrings: the embedded program is the same program.
+    """
+    tree = ast.parse(source)
+    drop = _docstring_lines(tree)
+    cut: dict[int, int] = {}  # line -> column where its comment starts
+    in_string: set[int] = set()  # lines inside a multi-line string, after its first: kept as they are
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            cut[token.start[0]] = token.start[1]
+        elif token.type == tokenize.STRING and token.end[0] > token.start[0]:
+            in_string.update(range(token.start[0] + 1, token.end[0] + 1))
+    lines = source.rstrip("\n").split("\n")
+    kept = [lines[0]] + ([f"# {note}"] if note else [])
+    for number, line in enumerate(lines[1:], start=2):
+        if number in drop:
+            continue
+        if number in in_string:
+            kept.append(line)
+            continue
+        if number in cut:
+            line = line[: cut[number]].rstrip()
+        if line.strip():
+            kept.append(line)
+    stripped = "\n".join(kept) + "\n"
+    if _without_docstrings(ast.parse(stripped)) != _without_docstrings(tree):
+        raise BakegenError("embedding the GPU check changed its code (a bakegen bug)")
+    return stripped
