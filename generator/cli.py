@@ -19,7 +19,7 @@ from .packer_runner import run_packer
 from .plan import make_plan
 from .render import FileKind, RenderedFile, make_environment, render
 from .resolve import descriptor_set, load_all, load_distro, suggest
-from .selfcheck import check_rendered
+from .selfcheck import check_all
 from .userdata import GENERIC, USER_DATA_FORMS
 from .validate import run_validate
 
@@ -62,6 +62,7 @@ def run_generate(argv: Sequence[str]) -> int:
     if args.script_url and args.format not in (Format.CLOUD_INIT.value, ALL):
         raise UsageError("--script-url is for cloud-init user-data (--format cloud-init)")
     written: dict[Path, Target] = {}
+    rendered: list[tuple[RenderedFile, str]] = []
     for job in jobs:
         plan = make_plan(job.distro, options_from(args, job.arch, job.fmt))
         for repo in plan.repos:
@@ -72,7 +73,7 @@ def run_generate(argv: Sequence[str]) -> int:
             raise UsageError("--stdout prints one file; --script-url writes two (user-data and install.sh): use --out")
         for file in files:
             label = f"{job.distro.id}/{job.arch.value}/{file.path}"
-            check_rendered(file, label)
+            rendered.append((file, label))
             rendered_for_stdout = file
             target = Target(args.out / job.distro.id / job.arch.value / file.path, file.content, file.mode)
             # --format all --script-url: the shell format and the bootstrap form both write install.sh, the same.
@@ -85,6 +86,7 @@ def run_generate(argv: Sequence[str]) -> int:
                 note = user_data_size_note(label, target.data)
                 if note:
                     notes.append(note)
+    check_all(rendered)
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)

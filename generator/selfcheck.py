@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterable
 
 import yaml
 
@@ -10,12 +12,46 @@ from .errors import BakegenError
 from .render import FileKind, RenderedFile
 from .userdata import unpack
 
+# libyaml's loader where PyYAML has it (50x faster on a 90 KB user-data); the validators use cloud-init's own.
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def check_rendered(file: RenderedFile, label: str) -> None:
     """Raise BakegenError when `file` does not parse as its kind. `label` names it in the message."""
-    problem = _problem(file)
-    if problem:
-        raise BakegenError(f"generated {label} is broken: {problem} (a bakegen bug or a bad descriptor)")
+    check_all([(file, label)])
+
+
+def check_all(files: Iterable[tuple[RenderedFile, str]]) -> None:
+    """check_rendered for many files: each distinct script is parsed once, the `bash -n` runs side by side."""
+    files = list(files)
+    scripts = {f.content for f, _ in files if f.kind == FileKind.SHELL and isinstance(f.content, str)}
+    shell = _bash_syntax(sorted(scripts))
+    for file, label in files:
+        problem = shell[file.content] if file.content in shell else _problem(file)
+        if problem:
+            raise BakegenError(f"generated {label} is broken: {problem} (a bakegen bug or a bad descriptor)")
+
+
+def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
+    """`bash -n` of each script, a few processes at a time: the first error line, or None."""
+    found: dict[str | bytes, str | None] = {}
+    width = max(2, os.cpu_count() or 2)
+    for start in range(0, len(scripts), width):
+        batch = scripts[start : start + width]
+        running = [
+            subprocess.Popen(
+                ["bash", "-n"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in batch
+        ]
+        for script, process in zip(batch, running, strict=True):
+            _, stderr = process.communicate(script)
+            found[script] = (stderr.strip().splitlines() or ["bash -n failed"])[0] if process.returncode else None
+    return found
 
 
 def _problem(file: RenderedFile) -> str | None:
@@ -27,8 +63,7 @@ def _problem(file: RenderedFile) -> str | None:
     if file.kind == FileKind.CLOUD_CONFIG:
         return _cloud_config_problem(file.content)
     if file.kind == FileKind.SHELL:
-        result = subprocess.run(["bash", "-n"], input=file.content, text=True, capture_output=True, check=False)
-        return result.stderr.strip().splitlines()[0] if result.returncode else None
+        return _bash_syntax([file.content])[file.content]
     if file.kind == FileKind.HCL:
         import pygohcl
 
@@ -44,7 +79,7 @@ def _cloud_config_problem(text: str) -> str | None:
     if not text.startswith("#cloud-config\n"):
         return "does not start with #cloud-config"
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=FAST_LOADER)
     except yaml.YAMLError as exc:
         return f"not valid YAML: {str(exc).splitlines()[0]}"
     return None if isinstance(data, dict) else "not a YAML mapping"

@@ -1,5 +1,5 @@
 """What each cloud accepts as user-data: its size limit, measured on the bytes the user passes, and whether
-gzip-compressed user-data can be passed at all. Sources: distros/evidence/clouds.yaml.
+gzip-compressed user-data can be passed at all. Sources and excerpts: docs/evidence-user-data.md.
 """
 
 from __future__ import annotations
