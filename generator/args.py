@@ -13,6 +13,7 @@ from . import __version__
 from .errors import UsageError
 from .model import Arch, Cloud, Distro, Format, KernelModules, Runtime
 from .plan import (
+    FABRIC_MANAGER_MODES,
     CheckOptions,
     Options,
     parse_branch,
@@ -64,6 +65,12 @@ def generate_parser() -> argparse.ArgumentParser:
         help="open (default from branch 560) or proprietary (pre-Turing GPUs)",
     )
     driver.add_argument("--no-driver", action="store_true", help="the image already has a driver")
+    driver.add_argument(
+        "--fabric-manager",
+        choices=FABRIC_MANAGER_MODES,
+        help="NVSwitch fabric manager: auto (default: installed with the driver, started where NVSwitches are), "
+        "on (started everywhere), off",
+    )
     toolkit = parser.add_argument_group("toolkit and runtimes")
     toolkit.add_argument("--toolkit-version", type=parse_toolkit_version, help="default: the newest")
     toolkit.add_argument(
@@ -159,8 +166,12 @@ def options_from(args: argparse.Namespace, arch: Arch, fmt: Format) -> Options:
         expected_gpus=args.expected_gpus,
         require_gpu=args.require_gpu,
     )
-    if args.no_driver and (args.driver_branch or args.driver_version or args.driver_source or args.kernel_modules):
-        raise UsageError("--no-driver cannot be combined with other --driver-* or --kernel-modules options")
+    if args.no_driver and (
+        args.driver_branch or args.driver_version or args.driver_source or args.kernel_modules or args.fabric_manager
+    ):
+        raise UsageError(
+            "--no-driver cannot be combined with other --driver-*, --kernel-modules or --fabric-manager options"
+        )
     return Options(
         arch=arch,
         install_driver=not args.no_driver,
@@ -168,6 +179,7 @@ def options_from(args: argparse.Namespace, arch: Arch, fmt: Format) -> Options:
         driver_branch=args.driver_branch,
         driver_version=args.driver_version,
         kernel_modules=KernelModules(args.kernel_modules) if args.kernel_modules else None,
+        fabric_manager=args.fabric_manager or "auto",
         toolkit_version=args.toolkit_version,
         runtimes=tuple(dict.fromkeys(Runtime(r) for r in (args.runtime or ["docker"]))),
         cdi=args.cdi,

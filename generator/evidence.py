@@ -34,7 +34,7 @@ FACT_PATH = re.compile(
     r"|retired_keys\.\*|vars\.cuda_repo|kernel\.(headers|headers_meta|extra\.\*|lines\.[0-9]+\.[0-9]+\.(headers|extra\.\*))"
     r"|toolkit\.packages\.\*"
     r"|driver\.sources\.[^.]+\.(packages\.[^.]+\.\*|module_stream\.[^.]+|branches\.\*|default_branch|arches\.\*"
-    r"|apt_components\.\*)"
+    r"|apt_components\.\*|fabric_manager\.\*\.package)"
     r"|runtimes\.[^.]+\.packages\.\*"
     r"|cloud\.(aws|gcp|azure)\.(ami_name|owner|root_device|kernel_line|kernel_lines\.\*|image_family|image_project"
     r"|publisher|offer|sku|plan|min_os_disk_gb)(\.(x86_64|aarch64))?)$"

@@ -105,6 +105,14 @@ class Repo:
 
 
 @dataclass(frozen=True)
+class FabricManagerName:
+    """The fabric manager's package name from `from_branch` on ("": any branch); {branch} = the branch."""
+
+    package: str
+    from_branch: str = ""
+
+
+@dataclass(frozen=True)
 class DriverSource:
     name: str
     kind: DriverSourceKind
@@ -119,6 +127,7 @@ class DriverSource:
     module_stream: dict[KernelModules, str] = field(default_factory=dict)  # dnf module streams
     dkms: bool = True  # builds the module with DKMS (unsigned unless a MOK key is enrolled)
     arches: tuple[Arch, ...] = ()  # the arches it has packages for; empty = all of the distribution's
+    fabric_manager: tuple[FabricManagerName, ...] = ()  # empty: the source has no fabric manager
 
 
 @dataclass(frozen=True)

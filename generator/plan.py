@@ -80,6 +80,7 @@ class Options:
     fingerprints: dict[str, str] = field(default_factory=dict)
     check: CheckOptions = field(default_factory=CheckOptions)
     clouds: tuple[Cloud, ...] | None = None  # Packer sources; None = every cloud the descriptor has images for
+    fabric_manager: str = "auto"  # auto: installed, started where NVSwitches are; on: started everywhere; off
     user_data_cloud: str = "generic"  # the cloud the cloud-init user-data is written for (its size limit, gzip)
     script_url: str | None = None  # cloud-init: the bootstrap form, which downloads the install script from here
 
@@ -93,6 +94,7 @@ class DriverPlan:
     packages: tuple[str, ...]
     module_stream: str | None
     repos: tuple[Repo, ...]
+    fabric_manager: str | None = None  # the package, when --fabric-manager is auto or on and the source has one
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class Plan:
 
 
 # ----- option parsing helpers (used by the CLI; each raises UsageError naming the flag) -----
+
+
+FABRIC_MANAGER_MODES = ("auto", "on", "off")
 
 
 def parse_branch(value: str) -> str:
@@ -341,6 +346,7 @@ def _driver_plan(distro: Distro, options: Options) -> DriverPlan:
             raise UsageError(f"--kernel-modules: {distro.id}'s {name} source has no {modules.value} kernel modules")
     values = placeholder_values(distro, options.arch, branch)
     stream = source.module_stream.get(modules)
+    fabric_manager = _fabric_manager(distro, name, source, branch, options.fabric_manager)
     return DriverPlan(
         source=source,
         branch=branch,
@@ -349,4 +355,20 @@ def _driver_plan(distro: Distro, options: Options) -> DriverPlan:
         packages=tuple(_fill(p, values) for p in source.packages[modules]),
         module_stream=_fill(stream, values) if stream else None,
         repos=tuple(make_repo(distro.repos[r], values, options) for r in source.repos),
+        fabric_manager=_fill(fabric_manager, values) if fabric_manager else None,
     )
+
+
+def _fabric_manager(distro: Distro, name: str, source: DriverSource, branch: str, mode: str) -> str | None:
+    """The fabric manager's package for `branch` (its name changed at 580), or None: off, or none to be had."""
+    if mode == "off":
+        return None
+    for entry in source.fabric_manager:
+        if not entry.from_branch or int(branch) >= int(entry.from_branch):
+            return entry.package
+    if mode == "on":
+        raise UsageError(
+            f"--fabric-manager on: {distro.id}'s {name} driver source has no fabric manager for branch {branch}",
+            hint="see `bakegen show` for the sources, or --fabric-manager auto (none where there is none)",
+        )
+    return None

@@ -17,6 +17,7 @@ from .model import (
     Distro,
     DriverSource,
     DriverSourceKind,
+    FabricManagerName,
     Family,
     KernelLine,
     KernelModules,
@@ -175,6 +176,9 @@ def _build(merged: MergedDescriptor) -> Distro:
             module_stream=_modules_map(raw.get("module_stream", {})),
             dkms=raw.get("dkms", True),
             arches=tuple(Arch(a) for a in raw.get("arches", ())),
+            fabric_manager=tuple(
+                FabricManagerName(f["package"], f.get("from_branch", "")) for f in raw.get("fabric_manager", ())
+            ),
         )
         for name, raw in data["driver"]["sources"].items()
     }

@@ -135,6 +135,13 @@ SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + 
         note="a running instance with systemd and one H200 (cloud-init's case)",
     ),
     Scenario(
+        "rhel9-hgx",
+        "rhel9",
+        machine=Machine(booted=True, gpu=True, nvswitches=4),
+        bugs=COMMON,
+        note="a running HGX H200 instance with systemd: an H200 and four NVSwitches on the PCI bus",
+    ),
+    Scenario(
         "rhel9-booted",
         "rhel9",
         machine=Machine(booted=True, files={"/etc/docker/daemon.json": '{\n    "log-driver": "journald"\n}\n'}),

@@ -263,6 +263,7 @@ class Machine:
 
     booted: bool = False  # systemd is PID 1 (a running instance, e.g. cloud-init), not a chroot
     gpu: bool = False  # one NVIDIA H200 on the PCI bus (nvidia-smi answers with real H200 outputs)
+    nvswitches: int = 0  # NVSwitches on the PCI bus (an HGX H100/H200 board has four: device 22a3, class 0680)
     arch: str | None = None  # what `uname -m` says; default: the script's target arch
     os_id: str | None = None  # /etc/os-release ID; default: the descriptor's
     version_id: str | None = None  # /etc/os-release VERSION_ID; default: the descriptor's
@@ -677,6 +678,16 @@ class FakeMachine:
             (device / "class").write_text("0x030200\n")
             (device / "modalias").write_text("pci:v000010DEd00002335sv000010DEsd000018BEbc03sc02i00\n")
             (sys_dir / "bus/pci/devices" / GPU_PCI).symlink_to(f"../../../devices/pci0000:00/{GPU_PCI}")
+        for number in range(self.machine.nvswitches):
+            name = f"0000:{0x05 + number:02x}:00.0"
+            device = sys_dir / "devices/pci0000:00" / name
+            device.mkdir(parents=True)
+            (device / "vendor").write_text("0x10de\n")
+            (device / "device").write_text("0x22a3\n")
+            (device / "class").write_text("0x068000\n")
+            (device / "modalias").write_text("pci:v000010DEd000022A3sv000010DEsd00001796bc06sc80i00\n")
+            (sys_dir / "bus/pci/devices").mkdir(parents=True, exist_ok=True)
+            (sys_dir / "bus/pci/devices" / name).symlink_to(f"../../../devices/pci0000:00/{name}")
         if self.machine.secure_boot:
             var = sys_dir / SECURE_BOOT_VAR
             var.parent.mkdir(parents=True)
@@ -881,6 +892,7 @@ EMBEDDED = {
     "/usr/local/sbin/bakegen-gpu-check": "templates/files/bakegen-gpu-check.py",
     "/etc/systemd/system/bakegen-gpu-check.service": "templates/files/bakegen-gpu-check.service",
     "/etc/kernel/postinst.d/zz-bakegen-nvidia": "templates/files/bakegen-kernel-guard",
+    "/etc/kernel/install.d/95-bakegen-nvidia.install": "templates/files/bakegen-kernel-guard",
 }
 # How the copy of the install script inside user-data writes the same files (generator/embed.py).
 EMBEDDED_MARK = " (the user-data copy: no comments)"

@@ -584,17 +584,26 @@ regenerate_initramfs() { run update-initramfs -u -k all; }
 install_kernel_guard() {
   put_file 0755 /etc/kernel/postinst.d/zz-bakegen-nvidia <<'BAKEGEN_EMBEDDED_FILE_END'
 #!/bin/sh
-# bakegen-kernel-guard: run after a kernel is installed (/etc/kernel/postinst.d, with the kernel's version).
-# Part of bakegen, installed verbatim by its install script where the NVIDIA module is built by DKMS.
+# bakegen-kernel-guard: run after a kernel is installed. Part of bakegen, installed verbatim by its install script
+# where the NVIDIA module is built by DKMS: as /etc/kernel/postinst.d/zz-bakegen-nvidia on Debian and Ubuntu (with
+# the kernel's version), as the kernel-install plugin /etc/kernel/install.d/95-bakegen-nvidia.install on the RHEL
+# family, Fedora and Amazon Linux (`add KERNEL_VERSION ...`, after DKMS's own 40-dkms.install).
 #
 # Makes sure the NVIDIA kernel module exists for the new kernel (DKMS's own hook runs first; the build is
-# retried here). When no module can be had, it says so on stderr, in syslog and in /var/log/bakegen.log,
-# records it in /var/lib/bakegen/kernel-guard.json (the GPU check reports it) and fails: the kernel package
-# stays unconfigured, apt reports the error, and update-grub (zz-update-grub, after this hook) does not run,
-# so the kernel without a module does not become the boot default. Fix: install its headers
-# (linux-headers-<version>) and run `dpkg --configure -a`, or remove that kernel.
+# retried here). When no module can be had, it says so on stderr, in syslog and in /var/log/bakegen.log, and
+# records it in /var/lib/bakegen/kernel-guard.json (the GPU check reports it). Then, from postinst.d, it fails: the
+# kernel package stays unconfigured, apt reports the error, and update-grub (zz-update-grub, after this hook) does
+# not run, so the kernel without a module does not become the boot default. Fix: install its headers
+# (linux-headers-<version>) and run `dpkg --configure -a`, or remove that kernel. As a kernel-install plugin it
+# exits 0: a failing plugin stops the ones after it (the initramfs, the boot entry) and fails the kernel package's
+# scriptlet, which would leave a half-installed kernel; the GPU check names the kernel if it is booted.
 set -u
-kernel=${1:?usage: bakegen-kernel-guard KERNEL_VERSION [IMAGE]}
+mode=postinst
+case ${1:-} in
+  add) mode=kernel-install; shift ;;
+  remove|-*) exit 0 ;;  # kernel-install's other commands: nothing to check
+esac
+kernel=${1:?usage: bakegen-kernel-guard KERNEL_VERSION [IMAGE] | add KERNEL_VERSION ...}
 state_dir=/var/lib/bakegen
 state=$state_dir/kernel-guard.json
 
@@ -616,12 +625,18 @@ if module_built "$kernel"; then
   record true "NVIDIA kernel module present for $kernel"
   exit 0
 fi
-message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: are linux-headers-$kernel installed?);"
-message="$message the kernel is left unconfigured and is not made the boot default"
+if [ "$mode" = postinst ]; then
+  message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: are linux-headers-$kernel installed?);"
+  message="$message the kernel is left unconfigured and is not made the boot default"
+else
+  message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: is its kernel-devel package"
+  message="$message installed?); booted, it has no GPU: install it and run dkms autoinstall -k $kernel"
+fi
 echo "bakegen-kernel-guard: $message" >&2
 logger -t bakegen-kernel-guard -p daemon.err "$message" 2>/dev/null || true
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) bakegen-kernel-guard: ERROR: $message" >>/var/log/bakegen.log 2>/dev/null || true
 record false "$message"
+[ "$mode" = postinst ] || exit 0
 exit 1
 BAKEGEN_EMBEDDED_FILE_END
 }
@@ -655,6 +670,19 @@ driver_install_ubuntu_drivers() {
 kernel_flavours() {
   { dpkg-query -W -f='${db:Status-Status} ${Package}\n' 'linux-image-*' 2>/dev/null || true; } |
     awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
+}
+
+pm_has_package() { apt_has_candidate "$1"; }
+
+# NAME at upstream version UPSTREAM, as apt takes it: the candidate (which the driver's pins select) when it is
+# that version; else NAME=UPSTREAM, which apt refuses, naming it.
+pkg_spec_upstream() {
+  local candidate
+  candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
+  case ${candidate#*:} in
+    "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
+    *) printf '%s=%s\n' "$1" "$2" ;;
+  esac
 }
 
 apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }

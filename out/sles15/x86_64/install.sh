@@ -442,8 +442,8 @@ pm_hold_globs() { :; }
 
 regenerate_initramfs() { run dracut -f --regenerate-all; }
 
-# The kernel-install guard is a Debian /etc/kernel/postinst.d hook; rpm distributions have none yet (kernel-install
-# plugins: issue 12), so a new kernel there relies on DKMS alone.
+# SLES runs neither /etc/kernel/postinst.d nor kernel-install plugins after a kernel package
+# (docs/evidence-kernel-updates.md): no guard there; the GPU check names a booted kernel without a module.
 install_kernel_guard() { :; }
 export ZYPP_LOCK_TIMEOUT=600
 readonly ZYPPER=(zypper --non-interactive --quiet)

@@ -37,6 +37,7 @@ readonly DRIVER_PIN=()
 readonly DRIVER_DKMS=0
 readonly DRIVER_COMPONENTS=()
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
+readonly FABRIC_MANAGER=nvidia-fabricmanager-550 FABRIC_MANAGER_MODE=auto
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
@@ -579,17 +580,26 @@ regenerate_initramfs() { run update-initramfs -u -k all; }
 install_kernel_guard() {
   put_file 0755 /etc/kernel/postinst.d/zz-bakegen-nvidia <<'BAKEGEN_EMBEDDED_FILE_END'
 #!/bin/sh
-# bakegen-kernel-guard: run after a kernel is installed (/etc/kernel/postinst.d, with the kernel's version).
-# Part of bakegen, installed verbatim by its install script where the NVIDIA module is built by DKMS.
+# bakegen-kernel-guard: run after a kernel is installed. Part of bakegen, installed verbatim by its install script
+# where the NVIDIA module is built by DKMS: as /etc/kernel/postinst.d/zz-bakegen-nvidia on Debian and Ubuntu (with
+# the kernel's version), as the kernel-install plugin /etc/kernel/install.d/95-bakegen-nvidia.install on the RHEL
+# family, Fedora and Amazon Linux (`add KERNEL_VERSION ...`, after DKMS's own 40-dkms.install).
 #
 # Makes sure the NVIDIA kernel module exists for the new kernel (DKMS's own hook runs first; the build is
-# retried here). When no module can be had, it says so on stderr, in syslog and in /var/log/bakegen.log,
-# records it in /var/lib/bakegen/kernel-guard.json (the GPU check reports it) and fails: the kernel package
-# stays unconfigured, apt reports the error, and update-grub (zz-update-grub, after this hook) does not run,
-# so the kernel without a module does not become the boot default. Fix: install its headers
-# (linux-headers-<version>) and run `dpkg --configure -a`, or remove that kernel.
+# retried here). When no module can be had, it says so on stderr, in syslog and in /var/log/bakegen.log, and
+# records it in /var/lib/bakegen/kernel-guard.json (the GPU check reports it). Then, from postinst.d, it fails: the
+# kernel package stays unconfigured, apt reports the error, and update-grub (zz-update-grub, after this hook) does
+# not run, so the kernel without a module does not become the boot default. Fix: install its headers
+# (linux-headers-<version>) and run `dpkg --configure -a`, or remove that kernel. As a kernel-install plugin it
+# exits 0: a failing plugin stops the ones after it (the initramfs, the boot entry) and fails the kernel package's
+# scriptlet, which would leave a half-installed kernel; the GPU check names the kernel if it is booted.
 set -u
-kernel=${1:?usage: bakegen-kernel-guard KERNEL_VERSION [IMAGE]}
+mode=postinst
+case ${1:-} in
+  add) mode=kernel-install; shift ;;
+  remove|-*) exit 0 ;;  # kernel-install's other commands: nothing to check
+esac
+kernel=${1:?usage: bakegen-kernel-guard KERNEL_VERSION [IMAGE] | add KERNEL_VERSION ...}
 state_dir=/var/lib/bakegen
 state=$state_dir/kernel-guard.json
 
@@ -611,12 +621,18 @@ if module_built "$kernel"; then
   record true "NVIDIA kernel module present for $kernel"
   exit 0
 fi
-message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: are linux-headers-$kernel installed?);"
-message="$message the kernel is left unconfigured and is not made the boot default"
+if [ "$mode" = postinst ]; then
+  message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: are linux-headers-$kernel installed?);"
+  message="$message the kernel is left unconfigured and is not made the boot default"
+else
+  message="no NVIDIA kernel module for kernel $kernel (DKMS could not build it: is its kernel-devel package"
+  message="$message installed?); booted, it has no GPU: install it and run dkms autoinstall -k $kernel"
+fi
 echo "bakegen-kernel-guard: $message" >&2
 logger -t bakegen-kernel-guard -p daemon.err "$message" 2>/dev/null || true
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) bakegen-kernel-guard: ERROR: $message" >>/var/log/bakegen.log 2>/dev/null || true
 record false "$message"
+[ "$mode" = postinst ] || exit 0
 exit 1
 BAKEGEN_EMBEDDED_FILE_END
 }
@@ -650,6 +666,19 @@ driver_install_ubuntu_drivers() {
 kernel_flavours() {
   { dpkg-query -W -f='${db:Status-Status} ${Package}\n' 'linux-image-*' 2>/dev/null || true; } |
     awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
+}
+
+pm_has_package() { apt_has_candidate "$1"; }
+
+# NAME at upstream version UPSTREAM, as apt takes it: the candidate (which the driver's pins select) when it is
+# that version; else NAME=UPSTREAM, which apt refuses, naming it.
+pkg_spec_upstream() {
+  local candidate
+  candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
+  case ${candidate#*:} in
+    "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
+    *) printf '%s=%s\n' "$1" "$2" ;;
+  esac
 }
 
 apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
@@ -759,6 +788,7 @@ step_driver() {
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
+  install_fabric_manager
 }
 
 # A driver installed outside the package manager (NVIDIA's .run installer, a cloud vendor's image) has an
@@ -785,6 +815,86 @@ keep_foreign_driver() {
   note "keeping NVIDIA driver $version, installed outside the package manager ($smi): it is the branch asked for;" \
     "nothing driver-related is installed"
   return 0
+}
+
+# NVIDIA's fabric manager, without which CUDA cannot use the GPUs of an NVSwitch system (HGX), at the driver's exact
+# version and held with it. It exits with an error where there is no NVSwitch, so with --fabric-manager auto it is
+# installed everywhere (an image is built on a machine without NVSwitches) and starts only where the PCI bus has
+# one (vendor 10de, class 0680: what NVIDIA's nvswitch driver binds): a udev rule marks that in /run at every boot,
+# and the unit's condition reads the mark. With on, it starts everywhere.
+install_fabric_manager() {
+  local version dropin=/etc/systemd/system/nvidia-fabricmanager.service.d/bakegen.conf
+  version=$(driver_version_installed)
+  if [ -z "$version" ]; then
+    if [ "$DRY_RUN" = 1 ]; then log "dry-run: would install $FABRIC_MANAGER at the driver's version"; return 0; fi
+    die "$EX_FAILURE" "cannot read the installed driver's version, to install $FABRIC_MANAGER at it"
+  fi
+  if ! pm_has_package "$FABRIC_MANAGER"; then
+    if [ "$FABRIC_MANAGER_MODE" = on ]; then
+      die "$EX_NETWORK" "$FABRIC_MANAGER is in none of the configured repositories (--fabric-manager on)"
+    fi
+    note "no $FABRIC_MANAGER in the configured repositories: no fabric manager (an NVSwitch system needs one)"
+    return 0
+  fi
+  # Held as the driver is: by the same pins or module stream, or locked at its version where the driver is.
+  pm_install "$(pkg_spec_upstream "$FABRIC_MANAGER" "$version")"
+  local changed=$CHANGED installed
+  pm_hold_installed fabric-manager "$FABRIC_MANAGER"
+  if [ "$DRY_RUN" != 1 ]; then
+    installed=$(pkg_version "$FABRIC_MANAGER")
+    installed=${installed#*:}
+    if [ "${installed%%-*}" != "$version" ]; then
+      die "$EX_VERIFY" "$FABRIC_MANAGER ${installed:-(not installed)} is not at the driver's version $version:" \
+        "the fabric manager refuses to run so; install the matching version, or rerun with --driver-version"
+    fi
+  fi
+  if [ "$FABRIC_MANAGER_MODE" = auto ]; then
+    printf '%s\n' 'ACTION=="add", SUBSYSTEM=="pci", ATTR{vendor}=="0x10de", ATTR{class}=="0x0680*", \' \
+      '  RUN+="/bin/mkdir -p /run/bakegen", RUN+="/bin/touch /run/bakegen/nvswitch"' |
+      put_file 0644 /etc/udev/rules.d/71-bakegen-nvswitch.rules
+    printf '%s\n' '# Written by bakegen (--fabric-manager auto): only where the PCI bus has an NVSwitch.' \
+      '[Unit]' 'ConditionPathExists=/run/bakegen/nvswitch' | put_file 0644 "$dropin"
+    if [ "$CHANGED" = 1 ]; then changed=1; fi
+  elif [ -e "$dropin" ]; then
+    remove_file "$dropin"
+    changed=1
+  fi
+  if have systemctl; then
+    run systemctl enable nvidia-fabricmanager.service >/dev/null 2>&1 || note "could not enable nvidia-fabricmanager"
+  fi
+  if ! systemd_running || [ "$DRY_RUN" = 1 ]; then return 0; fi
+  if nvswitch_present; then
+    mkdir -p /run/bakegen && : >/run/bakegen/nvswitch
+  elif [ "$FABRIC_MANAGER_MODE" = auto ]; then
+    log "no NVSwitch on this machine: the fabric manager stays stopped"
+    return 0
+  fi
+  if [ -z "$(loaded_driver_version || true)" ]; then
+    log "the fabric manager starts with the driver, at the next boot"
+  elif [ "$changed" = 1 ] || ! systemctl is-active --quiet nvidia-fabricmanager.service; then
+    run systemctl daemon-reload
+    run systemctl restart nvidia-fabricmanager.service ||
+      note "nvidia-fabricmanager did not start (journalctl -u nvidia-fabricmanager)"
+  fi
+}
+
+# The upstream version of the installed driver (580.159.04): its first package's version, without epoch or release.
+driver_version_installed() {
+  local version
+  version=$(pkg_version "${DRIVER_PACKAGES[0]}")
+  version=${version#*:}
+  printf '%s\n' "${version%%-*}"
+}
+
+nvswitch_present() {
+  local dev
+  for dev in /sys/bus/pci/devices/*; do
+    [ -r "$dev/vendor" ] || continue
+    if [ "$(cat "$dev/vendor")" = 0x10de ]; then
+      case $(cat "$dev/class") in 0x0680*) return 0 ;; esac
+    fi
+  done
+  return 1
 }
 
 # Whether the initramfs of a target kernel is older than FILE (so it lacks FILE). A kernel without one is

@@ -209,7 +209,25 @@ def dnf(ctx: Ctx) -> int:
         return _dnf_module(ctx, opts, rest)
     if command == "versionlock":
         return _dnf_versionlock(ctx, rest)
+    if command == "list":
+        return _dnf_list(ctx, opts, rest)
     raise Fail(1, f"dnf stub: does not model `{command}`")
+
+
+def _dnf_list(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
+    """`dnf list SPEC...`: installed and available packages matching; exit 1 when none does (as dnf does)."""
+    available = pool(ctx, _load(ctx, opts), _modular(ctx))
+    shown = False
+    for title, found in (("Installed Packages", installed_pkgs(ctx)), ("Available Packages", available)):
+        matches = [p for spec in specs for p in _match(found, spec)]
+        if matches:
+            out(title)
+            for pkg in matches:
+                out(f"{pkg['name']}.{pkg.get('arch', 'x86_64')}  {full_version(pkg)}")
+            shown = True
+    if not shown:
+        raise Fail(1, "Error: No matching Packages to list")
+    return 0
 
 
 def _load(ctx: Ctx, opts: dict[str, list[str]]) -> list[dict[str, str]]:
