@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -143,16 +144,20 @@ def cloud_init_user_data(distro: str, mirror: Mirror, arch: str = "x86_64", clou
     return user_data.content
 
 
+def published_path(url: str) -> str:
+    """The path the stand-in server serves `url` at (under its web root)."""
+    return urlsplit(url).path
+
+
 def bootstrap_user_data(distro: str, mirror: Mirror, name: str, change: str = "") -> tuple[str, str, str]:
     """bakegen's bootstrap form (`--cloud aws --script-url`), its script published on the stand-in server under
     PUBLISHED_SCRIPT with `change` appended (a change after generation). Returns (user-data, URL, the script)."""
-    path = PUBLISHED_SCRIPT.format(name=name)
-    url = f"{mirror.base_url_for(GUEST_HOST)}/{path}"
+    url = f"{mirror.base_url_for(GUEST_HOST)}/{PUBLISHED_SCRIPT.format(name=name)}"
     user_data, script = render_files(
         distro, Format.CLOUD_INIT, user_data_cloud="aws", script_url=url, **render_options(mirror)
     )
     assert str(script.path) == "install.sh" and isinstance(script.content, str) and isinstance(user_data.content, str)
-    published = mirror.www / path
+    published = mirror.www / published_path(url).lstrip("/")
     published.parent.mkdir(parents=True, exist_ok=True)
     published.write_text(script.content + change)
     return user_data.content, url, script.content
@@ -492,7 +497,9 @@ def test_bootstrap_path_ends_in_the_same_state(
     log = boot.first.last.read_result("bakegen.log")
     assert re.search(r"bakegen\[finish\]: done$", log, re.M), log[-3000:]
     # The script was fetched once from where it was published, and verified before it ran.
-    path = "/" + PUBLISHED_SCRIPT.format(name=boot.release)
+    path = published_path(
+        f"{standin_mirror_session.base_url_for(GUEST_HOST)}/{PUBLISHED_SCRIPT.format(name=boot.release)}"
+    )
     assert [r.status for r in boot.requests if r.path == path] == [200], boot.requests
     output = boot.first.last.read_result("cloud-init-output.log")
     assert re.search(rf"bakegen-bootstrap: downloaded https://\S+{path}, sha256 [0-9a-f]{{64}} verified", output), (
@@ -550,7 +557,7 @@ def test_bootstrap_refuses_a_script_changed_after_generation(
     assert only.cloud_init is not None and only.cloud_init.status == "error", summary
     assert any(re.search(r"scripts[-_]user.*runcmd", e) for e in only.cloud_init.errors), only.cloud_init.raw
     # One request, for the script; nothing installed, configured or written by the install.
-    assert [r.path for r in outcome.requests] == ["/" + PUBLISHED_SCRIPT.format(name="changed")], outcome.requests
+    assert [r.path for r in outcome.requests] == [published_path(url)], outcome.requests
     packages = installed_packages(outcome.first)
     assert not [p for p in packages if p in TOOLKIT_PACKAGES or p == "docker.io"], sorted(packages)
     assert not (outcome.state / "keyrings" / f"{REPO_NAME}.gpg").exists()
