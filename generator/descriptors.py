@@ -5,16 +5,21 @@ Every problem found in a run is collected and reported at once as `file:line: ke
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 from .errors import DescriptorError
 from .paths import data_dir
@@ -56,10 +61,29 @@ def builtin_distros_dir() -> Path:
     return data_dir("distros")
 
 
+@functools.cache
+def _schema_text() -> str:
+    return resources.files("generator").joinpath("schema/descriptor.schema.json").read_text(encoding="utf-8")
+
+
 def _schema() -> dict[str, Any]:
-    text = resources.files("generator").joinpath("schema/descriptor.schema.json").read_text(encoding="utf-8")
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: dict[str, Any] = json.loads(_schema_text())
     return loaded
+
+
+def validity_cache() -> Path | None:
+    """Where descriptors found valid are remembered ($BAKEGEN_CACHE or ~/.cache/bakegen); None: not at all
+    (BAKEGEN_NO_CACHE set)."""
+    if os.environ.get("BAKEGEN_NO_CACHE"):
+        return None
+    return Path(os.environ.get("BAKEGEN_CACHE", Path.home() / ".cache" / "bakegen")) / "valid-descriptors"
+
+
+def _validity_key(merged: MergedDescriptor) -> str:
+    """What validation depends on, and nothing else: the schema and the merged content. An entry cannot go stale:
+    any change to either is another key."""
+    content = json.dumps(merged.data, sort_keys=True, default=str)
+    return hashlib.sha256(f"{_schema_text()}\0{content}".encode()).hexdigest()
 
 
 def schema_properties() -> list[tuple[str, str, str]]:
@@ -273,8 +297,14 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
     """Check a merged descriptor against the JSON Schema; each problem as `file:line: key: message`."""
     if merged.abstract:
         return []
+    cache = validity_cache()
+    key = _validity_key(merged) if cache else ""
+    if cache and (cache / key).exists():
+        return []
+    import jsonschema  # 50 ms of a cold start: only when a descriptor is new or changed
+
     validator = jsonschema.Draft202012Validator(_schema())
-    problems = []
+    problems: list[str] = []
     for error in validator.iter_errors(merged.data):
         path = tuple(str(p) for p in error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -285,6 +315,12 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
                 problems.append(_locate(merged, (*path, key), message))
             continue
         problems.append(_locate(merged, path, _message(error)))
+    if cache and not problems:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / key).touch()
+        except OSError:
+            pass  # a read-only home: validated again next time
     return problems
 
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 from dataclasses import dataclass
-from email import message_from_bytes
-from email.mime.application import MIMEApplication
-from email.mime.multipart import MIMEMultipart
 
 from .errors import BakegenError
 
@@ -56,6 +53,9 @@ def pack(text: str) -> bytes:
 def mime_gzip(text: str) -> str:
     """A MIME multipart message (text) with the gzip-compressed user-data as its one base64-encoded part, of
     type application/x-gzip: cloud-init decodes the part and decompresses it (user_data.py: DECOMP_TYPES)."""
+    from email.mime.application import MIMEApplication  # imported when used: a cold start skips email
+    from email.mime.multipart import MIMEMultipart
+
     part = MIMEApplication(pack(text), "x-gzip")
     part.add_header("Content-Disposition", "attachment", filename="user-data.yaml.gz")
     message = MIMEMultipart(boundary=f"bakegen-{hashlib.sha256(text.encode()).hexdigest()[:32]}")
@@ -88,6 +88,8 @@ def unpack(data: bytes) -> str:
     if data[:2] == b"\x1f\x8b":
         return gzip.decompress(data).decode()
     if b"mime-version:" in data[:4096].lower():
+        from email import message_from_bytes
+
         parts = [p for p in message_from_bytes(data).walk() if p.get_content_type() == "application/x-gzip"]
         if len(parts) != 1:
             raise BakegenError(f"MIME user-data with {len(parts)} gzip parts, not one")
