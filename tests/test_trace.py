@@ -135,6 +135,13 @@ SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + 
         note="a running instance with systemd and one H200 (cloud-init's case)",
     ),
     Scenario(
+        "ubuntu24.04-modules-lag",
+        "ubuntu24.04",
+        machine=Machine(modules_lag=True),
+        bugs=COMMON,
+        note="an image whose kernel has no precompiled NVIDIA modules in the archive yet: DKMS builds them",
+    ),
+    Scenario(
         "rhel9-hgx",
         "rhel9",
         machine=Machine(booted=True, gpu=True, nvswitches=4),
@@ -363,7 +370,18 @@ def _check_driver(scenario: Scenario, fake: FakeMachine, run: Run) -> None:
     driver_pkgs = [p for p in run.added_packages() if p in driver.packages or p.startswith("nvidia-headless")]
     for name in driver_pkgs:
         assert installed[name].startswith(f"{driver.branch}."), f"{name} {installed[name]}: not branch {driver.branch}"
-    if fake.world["family"] == "apt" and driver.source.kind.value == "ubuntu-drivers":
+    lag = fake.machine.modules_lag
+    if fake.world["family"] == "apt" and driver.source.kind.value == "ubuntu-drivers" and lag:
+        # No precompiled modules for the image's kernel: as ubuntu-drivers falls back (evidence ubuntu.dkms_fallback),
+        # the DKMS package of the same flavour, the kernel's headers first, the module built for it, the guard set.
+        assert "nvidia-dkms-580-server-open" in installed and "linux-modules-nvidia" not in " ".join(installed)
+        headers = _index(run, r" install .*linux-headers-" + re.escape(image_kernel))
+        assert 0 <= headers < _index(run, r"^dkms autoinstall -k " + re.escape(image_kernel))
+        assert any(
+            p.startswith(f"/lib/modules/{image_kernel}/") and p.endswith("nvidia.ko") for p in run.state_after["owned"]
+        )
+        assert fake.exists("/etc/kernel/postinst.d/zz-bakegen-nvidia")
+    elif fake.world["family"] == "apt" and driver.source.kind.value == "ubuntu-drivers":
         # Canonical's precompiled, signed modules for the image's kernel: no DKMS build (fact: ubuntu-drivers route).
         assert fake.exists(f"/lib/modules/{image_kernel}/kernel/nvidia-{driver.branch}srv/nvidia.ko")
         assert _index(run, r"^dkms ") < 0

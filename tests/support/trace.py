@@ -264,6 +264,9 @@ class Machine:
     booted: bool = False  # systemd is PID 1 (a running instance, e.g. cloud-init), not a chroot
     gpu: bool = False  # one NVIDIA H200 on the PCI bus (nvidia-smi answers with real H200 outputs)
     nvswitches: int = 0  # NVSwitches on the PCI bus (an HGX H100/H200 board has four: device 22a3, class 0680)
+    # Ubuntu: the archive has the image kernel and its headers but not yet Canonical's precompiled NVIDIA modules
+    # for it (they are published after the kernel): no linux-modules-nvidia-* package at all.
+    modules_lag: bool = False
     arch: str | None = None  # what `uname -m` says; default: the script's target arch
     os_id: str | None = None  # /etc/os-release ID; default: the descriptor's
     version_id: str | None = None  # /etc/os-release VERSION_ID; default: the descriptor's
@@ -435,6 +438,8 @@ class FakeMachine:
         def add(name: str, spec: dict[str, Any], repo: str, allowed: set[str]) -> None:
             if name not in allowed:
                 return  # the evidence does not show this repository publishing it: it cannot be installed
+            if self.machine.modules_lag and name.startswith("linux-modules-nvidia-"):
+                return
             for version in spec["versions"]:
                 stream = spec.get("streams", {}).get(version)
                 if profile.get("modular") and stream is not None and stream not in streams:

@@ -35,6 +35,7 @@ readonly DRIVER_MODULES=proprietary
 readonly DRIVER_PACKAGES=(nvidia-kernel-dkms nvidia-smi libcuda1 nvidia-persistenced firmware-nvidia-gsp)
 readonly DRIVER_PIN=('nvidia-*' 'libnvidia-*' 'libcuda*' 'firmware-nvidia-*' 'xserver-xorg-video-nvidia*')
 readonly DRIVER_DKMS=1
+DKMS_BUILDS=$DRIVER_DKMS  # 1 where DKMS builds the module (also: precompiled modules missing for a kernel)
 readonly DRIVER_COMPONENTS=(main contrib non-free non-free-firmware)
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
@@ -652,16 +653,33 @@ driver_install_ubuntu_drivers() {
   if [ "$DRIVER_MODULES" = open ]; then flavour="$flavour-open"; fi
   for kflavour in $(kernel_flavours); do
     meta="linux-modules-nvidia-$flavour-$kflavour"
-    if [ -n "$(pkg_version "$meta")" ] || { pm_refresh && apt_has_candidate "$meta"; }; then
+    if [ -n "$(pkg_version "$meta")" ] || apt_offers "$meta"; then
       mods+=("$meta")
     else
-      note "no $meta in the archive: the NVIDIA modules of kernel flavour $kflavour will not follow its updates"
+      note "no $meta in the archive: DKMS builds the NVIDIA modules of kernel flavour $kflavour's updates"
+      DKMS_BUILDS=1
     fi
   done
   if [ "${#mods[@]}" -eq 0 ]; then
-    note "no kernel flavour metapackage (linux-image-<flavour>) is installed: a new kernel will come without NVIDIA modules"
+    note "no kernel flavour metapackage (linux-image-<flavour>) is installed: DKMS builds the modules of new kernels"
+    DKMS_BUILDS=1
   fi
-  for kernel in $(target_kernels); do mods+=("linux-modules-nvidia-$flavour-$kernel"); done
+  for kernel in $(target_kernels); do
+    meta="linux-modules-nvidia-$flavour-$kernel"
+    if [ -n "$(pkg_version "$meta")" ] || apt_offers "$meta"; then
+      mods+=("$meta")
+    else
+      note "no precompiled NVIDIA modules for kernel $kernel in the archive: DKMS builds them"
+      DKMS_BUILDS=1
+    fi
+  done
+  # Where precompiled modules do not cover a kernel, ubuntu-drivers falls back to the DKMS package of the same
+  # driver flavour (UbuntuDrivers/detect.py; evidence ubuntu.dkms_fallback), which needs the kernels' headers.
+  if [ "$DKMS_BUILDS" = 1 ]; then
+    require_dkms_signing
+    install_kernel_headers
+    mods+=("nvidia-dkms-$flavour")
+  fi
   pm_install "${DRIVER_PACKAGES[@]}" "${mods[@]}"
 }
 
@@ -683,6 +701,13 @@ pkg_spec_upstream() {
     "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
     *) printf '%s=%s\n' "$1" "$2" ;;
   esac
+}
+
+# Whether the archive offers NAME, by apt's lists, fetched first only where there are none yet (a fresh image): a
+# second run fetches nothing.
+apt_offers() {
+  if ! apt-get indextargets 2>/dev/null | grep -q .; then pm_refresh; fi
+  apt_has_candidate "$1"
 }
 
 apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
@@ -755,15 +780,7 @@ step_base() {
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
   if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
-  if [ "$DRIVER_DKMS" = 1 ] && ! in_chroot && secure_boot_enabled; then
-    if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
-      die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
-        "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
-        "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
-        "signed modules. Secure Boot was left as it is."
-    fi
-    log "Secure Boot is enabled and DKMS's signing key is enrolled"
-  fi
+  if [ "$DRIVER_DKMS" = 1 ]; then require_dkms_signing; fi
 
   local blacklist=/etc/modprobe.d/bakegen-blacklist-nouveau.conf
   printf 'blacklist nouveau\noptions nouveau modeset=0\n' | put_file 0644 "$blacklist"
@@ -778,7 +795,7 @@ step_driver() {
   local driver_changed=$CHANGED
   pm_hold_installed nvidia-driver "${DRIVER_PACKAGES[@]}"
 
-  if [ "$DRIVER_DKMS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
+  if [ "$DKMS_BUILDS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
   # After the driver: its packages usually rebuild the initramfs themselves (with the blacklist in it by then);
   # rebuilding before them would be wasted minutes. Judged by age, so a run interrupted before this rebuilds.
   if [ "$DRY_RUN" = 1 ]; then
@@ -792,6 +809,18 @@ step_driver() {
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
+}
+
+# A module built by DKMS is signed by DKMS's own key: under Secure Boot it loads only once that key is enrolled.
+require_dkms_signing() {
+  if in_chroot || ! secure_boot_enabled; then return 0; fi
+  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
+    die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
+      "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
+      "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
+      "signed modules. Secure Boot was left as it is."
+  fi
+  log "Secure Boot is enabled and DKMS's signing key is enrolled"
 }
 
 # A driver installed outside the package manager (NVIDIA's .run installer, a cloud vendor's image) has an

@@ -35,6 +35,7 @@ readonly DRIVER_MODULES=open
 readonly DRIVER_PACKAGES=(nvidia-open)
 readonly DRIVER_PIN=('nvidia-*' 'kmod-nvidia-*' 'libnvidia-*' 'cuda-drivers*' 'xorg-x11-drv-nvidia*' 'dkms-nvidia*')
 readonly DRIVER_DKMS=1
+DKMS_BUILDS=$DRIVER_DKMS  # 1 where DKMS builds the module (also: precompiled modules missing for a kernel)
 readonly DRIVER_COMPONENTS=()
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly FABRIC_MANAGER=nvidia-fabricmanager FABRIC_MANAGER_MODE=auto
@@ -638,15 +639,7 @@ step_base() {
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
   if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
-  if [ "$DRIVER_DKMS" = 1 ] && ! in_chroot && secure_boot_enabled; then
-    if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
-      die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
-        "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
-        "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
-        "signed modules. Secure Boot was left as it is."
-    fi
-    log "Secure Boot is enabled and DKMS's signing key is enrolled"
-  fi
+  if [ "$DRIVER_DKMS" = 1 ]; then require_dkms_signing; fi
 
   local blacklist=/etc/modprobe.d/bakegen-blacklist-nouveau.conf
   printf 'blacklist nouveau\noptions nouveau modeset=0\n' | put_file 0644 "$blacklist"
@@ -675,7 +668,7 @@ step_driver() {
   local driver_changed=$CHANGED
   pm_hold_installed nvidia-driver "${DRIVER_PACKAGES[@]}"
 
-  if [ "$DRIVER_DKMS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
+  if [ "$DKMS_BUILDS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
   # After the driver: its packages usually rebuild the initramfs themselves (with the blacklist in it by then);
   # rebuilding before them would be wasted minutes. Judged by age, so a run interrupted before this rebuilds.
   if [ "$DRY_RUN" = 1 ]; then
@@ -690,6 +683,18 @@ step_driver() {
   fi
   driver_load_or_reboot "$driver_changed"
   install_fabric_manager
+}
+
+# A module built by DKMS is signed by DKMS's own key: under Secure Boot it loads only once that key is enrolled.
+require_dkms_signing() {
+  if in_chroot || ! secure_boot_enabled; then return 0; fi
+  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
+    die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
+      "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
+      "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
+      "signed modules. Secure Boot was left as it is."
+  fi
+  log "Secure Boot is enabled and DKMS's signing key is enrolled"
 }
 
 # A driver installed outside the package manager (NVIDIA's .run installer, a cloud vendor's image) has an
