@@ -124,11 +124,17 @@ def test_a_repository_without_it_is_a_note_or_with_on_a_failure(keys: KeyRing, m
     with machine(machine_dir / "auto", keys, "fedora43", Machine()) as fake:
         auto = fake.run()
     assert auto.rc == 0, auto.stderr[-3000:]
-    assert "note: no nvidia-fabricmanager in the configured repositories: no fabric manager" in auto.stderr
+    assert (
+        "note: no nvidia-fabricmanager at the driver's version 580.159.04 in the configured repositories: "
+        "no fabric manager (an NVSwitch system needs one)"
+    ) in auto.stderr
     with machine(machine_dir / "on", keys, "fedora43", Machine(), fabric_manager="on") as fake:
         on = fake.run()
     assert on.rc == 5, on.stderr[-3000:]
-    assert "nvidia-fabricmanager is in none of the configured repositories (--fabric-manager on)" in on.stderr
+    assert (
+        "no nvidia-fabricmanager at the driver's version 580.159.04 in the configured repositories "
+        "(--fabric-manager on)"
+    ) in on.stderr
 
 
 def test_on_starts_it_without_the_condition(keys: KeyRing, machine_dir: Path) -> None:

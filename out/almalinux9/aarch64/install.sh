@@ -509,11 +509,12 @@ readonly DRIVER_MODULE_STREAM=nvidia-driver:580-open
 # dnf waits for its own lock; the timeout bounds that wait.
 readonly DNF=(timeout 1800 dnf -y -q --setopt=retries=5 --setopt=install_weak_deps=False)
 
-# Whether a configured repository has NAME (or it is installed).
-pm_has_package() { "${DNF[@]}" list "$1" >/dev/null 2>&1; }
-
-# NAME at upstream version UPSTREAM: dnf takes NAME-UPSTREAM (pm_install_missing writes it so).
-pkg_spec_upstream() { printf '%s=%s\n' "$1" "$2"; }
+# NAME at upstream version UPSTREAM (pm_install_missing writes NAME=UPSTREAM as dnf's NAME-UPSTREAM), when a
+# configured repository has it or it is installed; fails otherwise.
+pkg_spec_at() {
+  "${DNF[@]}" list "$1-$2" >/dev/null 2>&1 || return 1
+  printf '%s=%s\n' "$1" "$2"
+}
 
 pm_refresh() {
   if [ "$DRY_RUN" = 1 ]; then log "dry-run: would run: dnf makecache"; return 0; fi
@@ -735,16 +736,19 @@ install_fabric_manager() {
     if [ "$DRY_RUN" = 1 ]; then log "dry-run: would install $FABRIC_MANAGER at the driver's version"; return 0; fi
     die "$EX_FAILURE" "cannot read the installed driver's version, to install $FABRIC_MANAGER at it"
   fi
-  if ! pm_has_package "$FABRIC_MANAGER"; then
+  local spec changed installed
+  if ! spec=$(pkg_spec_at "$FABRIC_MANAGER" "$version"); then
     if [ "$FABRIC_MANAGER_MODE" = on ]; then
-      die "$EX_NETWORK" "$FABRIC_MANAGER is in none of the configured repositories (--fabric-manager on)"
+      die "$EX_NETWORK" "no $FABRIC_MANAGER at the driver's version $version in the configured repositories" \
+        "(--fabric-manager on)"
     fi
-    note "no $FABRIC_MANAGER in the configured repositories: no fabric manager (an NVSwitch system needs one)"
+    note "no $FABRIC_MANAGER at the driver's version $version in the configured repositories: no fabric manager" \
+      "(an NVSwitch system needs one)"
     return 0
   fi
   # Held as the driver is: by the same pins or module stream, or locked at its version where the driver is.
-  pm_install "$(pkg_spec_upstream "$FABRIC_MANAGER" "$version")"
-  local changed=$CHANGED installed
+  pm_install "$spec"
+  changed=$CHANGED
   pm_hold_installed fabric-manager "$FABRIC_MANAGER"
   if [ "$DRY_RUN" != 1 ]; then
     installed=$(pkg_version "$FABRIC_MANAGER")

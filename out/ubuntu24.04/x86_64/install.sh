@@ -686,16 +686,14 @@ kernel_flavours() {
     awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
 }
 
-pm_has_package() { apt_has_candidate "$1"; }
-
-# NAME at upstream version UPSTREAM, as apt takes it: the candidate (which the driver's pins select) when it is
-# that version; else NAME=UPSTREAM, which apt refuses, naming it.
-pkg_spec_upstream() {
+# NAME at upstream version UPSTREAM as apt installs it (NAME=FULL_VERSION), when that is the candidate the driver's
+# pins (or the archive's newest) make it; fails otherwise.
+pkg_spec_at() {
   local candidate
   candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
   case ${candidate#*:} in
     "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
-    *) printf '%s=%s\n' "$1" "$2" ;;
+    *) return 1 ;;
   esac
 }
 
@@ -858,16 +856,19 @@ install_fabric_manager() {
     if [ "$DRY_RUN" = 1 ]; then log "dry-run: would install $FABRIC_MANAGER at the driver's version"; return 0; fi
     die "$EX_FAILURE" "cannot read the installed driver's version, to install $FABRIC_MANAGER at it"
   fi
-  if ! pm_has_package "$FABRIC_MANAGER"; then
+  local spec changed installed
+  if ! spec=$(pkg_spec_at "$FABRIC_MANAGER" "$version"); then
     if [ "$FABRIC_MANAGER_MODE" = on ]; then
-      die "$EX_NETWORK" "$FABRIC_MANAGER is in none of the configured repositories (--fabric-manager on)"
+      die "$EX_NETWORK" "no $FABRIC_MANAGER at the driver's version $version in the configured repositories" \
+        "(--fabric-manager on)"
     fi
-    note "no $FABRIC_MANAGER in the configured repositories: no fabric manager (an NVSwitch system needs one)"
+    note "no $FABRIC_MANAGER at the driver's version $version in the configured repositories: no fabric manager" \
+      "(an NVSwitch system needs one)"
     return 0
   fi
   # Held as the driver is: by the same pins or module stream, or locked at its version where the driver is.
-  pm_install "$(pkg_spec_upstream "$FABRIC_MANAGER" "$version")"
-  local changed=$CHANGED installed
+  pm_install "$spec"
+  changed=$CHANGED
   pm_hold_installed fabric-manager "$FABRIC_MANAGER"
   if [ "$DRY_RUN" != 1 ]; then
     installed=$(pkg_version "$FABRIC_MANAGER")

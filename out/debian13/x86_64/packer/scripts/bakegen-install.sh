@@ -690,16 +690,14 @@ kernel_flavours() {
     awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
 }
 
-pm_has_package() { apt_has_candidate "$1"; }
-
-# NAME at upstream version UPSTREAM, as apt takes it: the candidate (which the driver's pins select) when it is
-# that version; else NAME=UPSTREAM, which apt refuses, naming it.
-pkg_spec_upstream() {
+# NAME at upstream version UPSTREAM as apt installs it (NAME=FULL_VERSION), when that is the candidate the driver's
+# pins (or the archive's newest) make it; fails otherwise.
+pkg_spec_at() {
   local candidate
   candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
   case ${candidate#*:} in
     "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
-    *) printf '%s=%s\n' "$1" "$2" ;;
+    *) return 1 ;;
   esac
 }
 
