@@ -697,12 +697,10 @@ pkg_spec_at() {
   esac
 }
 
-# Whether the archive offers NAME, by apt's lists, fetched first only where there are none yet (a fresh image): a
-# second run fetches nothing.
-apt_offers() {
-  if ! apt-get indextargets 2>/dev/null | grep -q .; then pm_refresh; fi
-  apt_has_candidate "$1"
-}
+# Whether the archive offers NAME: by apt's lists, refreshed (once a run) when they do not have it. Lists left from
+# an image's build can be older than the package (precompiled modules follow a kernel by days), and taking DKMS
+# for Canonical's signed modules would matter under Secure Boot.
+apt_offers() { apt_has_candidate "$1" || { pm_refresh && apt_has_candidate "$1"; }; }
 
 apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
 
