@@ -487,8 +487,14 @@ Unattended-Upgrade::Package-Blacklist {
 BAKEGEN_EMBEDDED_FILE_END
 }
 
-# apt's pins (above) already hold what is installed.
-pm_hold_installed() { log "$1: held by /etc/apt/preferences.d/bakegen-$1"; }
+# apt's pins (above) already hold what is installed; the fabric manager is held by the driver's. Canonical's driver
+# packages have none (their modules must follow kernel updates): the fabric manager follows them by its exact
+# dependency on their version.
+pm_hold_installed() {
+  local pin=/etc/apt/preferences.d/bakegen-$1
+  if [ "$1" = fabric-manager ]; then pin=/etc/apt/preferences.d/bakegen-nvidia-driver; fi
+  if [ -e "$pin" ]; then log "$1: held by $pin"; else log "$1: not pinned (no bakegen pin for it)"; fi
+}
 
 # Remove retired signing keys (RETIRED_KEYS, full fingerprints) from apt's legacy keyrings, where present.
 remove_retired_keys() {
