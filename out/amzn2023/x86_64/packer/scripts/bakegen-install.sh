@@ -832,9 +832,14 @@ install_kernel_headers() {
   # The headers metapackage of each installed kernel flavour: a kernel update then brings its headers, and DKMS
   # builds the module for it (bakegen-kernel-guard checks that it did).
   if [ -n "$KERNEL_HEADERS_META" ]; then
+    # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
+    # a second run, with them installed, fetches nothing).
+    for pattern in "${pkgs[@]}"; do
+      if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
+    done
     for flavour in $(kernel_flavours); do
       meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
-      if apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
+      if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
     done
   fi
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
