@@ -55,7 +55,6 @@ def run_generate(argv: Sequence[str]) -> int:
     if args.stdout and (len(jobs) != 1 or jobs[0].fmt is Format.PACKER):
         raise UsageError("--stdout takes one distribution, one arch and a single-file format (cloud-init or shell)")
     env = make_environment()
-    targets: list[Target] = []
     notes: list[str] = []
     rendered_for_stdout: RenderedFile | None = None
     unverified: dict[str, str] = {}
@@ -81,12 +80,12 @@ def run_generate(argv: Sequence[str]) -> int:
                 assert written[target.path] == target, target.path
                 continue
             written[target.path] = target
-            targets.append(target)
             if file.kind == FileKind.CLOUD_CONFIG and plan.options.user_data_cloud == GENERIC:
                 note = user_data_size_note(label, target.data)
                 if note:
                     notes.append(note)
     check_all(rendered)
+    targets = list(written.values())
     whole_matrix = args.distro == ALL and args.format == ALL and args.arch in (None, ALL)
     if args.check:
         problems = stale(targets, args.out if whole_matrix else None)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import jsonschema
 
 from .errors import DescriptorError
-from .paths import data_dir
+from .paths import cache_dir, data_dir
 
 KeyPath = tuple[str, ...]
 # Where each key of a merged document was last set: the file and line that a message should point at.
@@ -76,7 +76,7 @@ def validity_cache() -> Path | None:
     (BAKEGEN_NO_CACHE set)."""
     if os.environ.get("BAKEGEN_NO_CACHE"):
         return None
-    return Path(os.environ.get("BAKEGEN_CACHE", Path.home() / ".cache" / "bakegen")) / "valid-descriptors"
+    return cache_dir() / "valid-descriptors"
 
 
 def _validity_key(merged: MergedDescriptor) -> str:

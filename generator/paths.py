@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -13,3 +14,8 @@ def data_dir(name: str) -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
         return checkout / name
     return _PACKAGE / f"_{name}"
+
+
+def cache_dir() -> Path:
+    """bakegen's cache: $BAKEGEN_CACHE, else ~/.cache/bakegen."""
+    return Path(os.environ.get("BAKEGEN_CACHE", Path.home() / ".cache" / "bakegen"))

@@ -65,6 +65,10 @@ class RenderedFile:
     kind: str
     mode: int = 0o644
 
+    @property
+    def data(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.encode()
+
 
 def make_environment() -> jinja2.Environment:
     """The one Jinja environment: strict, confined to templates/, with quoting filters named by target."""
@@ -281,8 +285,7 @@ def render_user_data(env: jinja2.Environment, plan: Plan) -> list[RenderedFile]:
         text = _render(env, "cloud-init/user-data.yaml.j2", {**context, "script": script, "runcmd": CLOUD_INIT_RUNCMD})
         kind = FileKind.CLOUD_CONFIG if form.encoding == PLAIN else FileKind.CLOUD_CONFIG_PACKED
         user_data = RenderedFile(PurePosixPath(form.file_name), encode(form, text), kind)
-    data = user_data.content if isinstance(user_data.content, bytes) else user_data.content.encode()
-    check_size(form, data, f"{plan.distro.id}/{plan.arch.value}/{user_data.path}")
+    check_size(form, user_data.data, f"{plan.distro.id}/{plan.arch.value}/{user_data.path}")
     return [user_data, *files]
 
 

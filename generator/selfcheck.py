@@ -56,8 +56,7 @@ def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
 
 def _problem(file: RenderedFile) -> str | None:
     if file.kind == FileKind.CLOUD_CONFIG_PACKED:
-        data = file.content if isinstance(file.content, bytes) else file.content.encode()
-        return _cloud_config_problem(unpack(data))
+        return _cloud_config_problem(unpack(file.data))
     if isinstance(file.content, bytes):
         return f"binary content for kind {file.kind}"
     if file.kind == FileKind.CLOUD_CONFIG:

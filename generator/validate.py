@@ -24,6 +24,7 @@ import yaml
 from .args import Parser
 from .errors import BakegenError, UsageError
 from .packer import make_legacy_copy, packer_version
+from .paths import cache_dir
 from .userdata import unpack
 
 YAMLLINT_CONFIG = """\
@@ -58,8 +59,7 @@ def newest_cloud_init_schema() -> Path:
     env = os.environ.get("BAKEGEN_CLOUD_INIT_SCHEMA")
     if env:
         return Path(env)
-    cache = Path(os.environ.get("BAKEGEN_CACHE", Path.home() / ".cache" / "bakegen"))
-    return cache / "cloud-init-schema" / "schema-cloud-config-v1.json"
+    return cache_dir() / "cloud-init-schema" / "schema-cloud-config-v1.json"
 
 
 def _need(tool: str, install: str) -> str:

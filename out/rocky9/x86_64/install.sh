@@ -149,13 +149,17 @@ in_chroot() {
 }
 
 # An NVIDIA display or 3D controller on the PCI bus.
-gpu_present() {
-  local dev
+gpu_present() { nvidia_pci_device 0x0300 0x0302; }
+
+# Whether the PCI bus has an NVIDIA device (vendor 10de) whose class starts with one of the prefixes given.
+nvidia_pci_device() {
+  local dev class prefix
   for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    if [ "$(cat "$dev/vendor")" = 0x10de ]; then
-      case $(cat "$dev/class") in 0x0300*|0x0302*) return 0 ;; esac
-    fi
+    [ -r "$dev/vendor" ] && [ "$(cat "$dev/vendor")" = 0x10de ] || continue
+    class=$(cat "$dev/class")
+    for prefix in "$@"; do
+      case $class in "$prefix"*) return 0 ;; esac
+    done
   done
   return 1
 }
@@ -796,16 +800,8 @@ driver_version_installed() {
   printf '%s\n' "${version%%-*}"
 }
 
-nvswitch_present() {
-  local dev
-  for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    if [ "$(cat "$dev/vendor")" = 0x10de ]; then
-      case $(cat "$dev/class") in 0x0680*) return 0 ;; esac
-    fi
-  done
-  return 1
-}
+# NVSwitches: PCI class 0680 (bridge, other), what NVIDIA's nvswitch driver binds.
+nvswitch_present() { nvidia_pci_device 0x0680; }
 
 # Whether the initramfs of a target kernel is older than FILE (so it lacks FILE). A kernel without one is
 # skipped: there is nothing to update.
