@@ -7,14 +7,11 @@ The VM tests (tests/test_vm_cloud_init.py) boot the Azure form and the bootstrap
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from generator.errors import BakegenError
 from generator.model import Format
 from generator.userdata import USER_DATA_FORMS, encode
 from tests.helpers import REPO, matrix, render_files, run_cli
-from tests.support.tls import make_server_cert
+from tests.support.https import StaticHttps
 
 SCRIPT_URL = "https://downloads.example.com/bakegen/install.sh?sv=2025-01-05&sig=x%2By%3D"
 CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init is installed for the system Python
@@ -197,31 +194,11 @@ def test_bootstrap_output_passes_every_validator(bootstrap_out: Path) -> None:
     assert counts == {"cloud-config": 4, "shell": 4, "hcl": 0}, counts
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """A local HTTPS server (throwaway CA): (base URL, folder it serves, CA file)."""
-    base = tmp_path_factory.mktemp("https")
-    www = base / "www"
-    www.mkdir()
-    cert = make_server_cert(base / "tls")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert.cert_pem, cert.key_pem)
-
-    def handler(*args: object) -> _QuietHandler:
-        return _QuietHandler(*args, directory=str(www))  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", www, cert.ca_pem
-    server.shutdown()
-    server.server_close()
+    with StaticHttps(tmp_path_factory.mktemp("https")) as server:
+        yield server.base_url, server.www, server.ca_pem
 
 
 def run_bootstrap(

@@ -347,6 +347,149 @@ def load_worlds() -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
+def _world_values(distro: Distro, plan: Plan, machine: Machine, profile: dict[str, Any]) -> dict[str, str]:
+    arch = plan.arch
+    kernel_vr = str(machine.kernel_vr or profile.get("image_kernel_vr", ""))
+    kernel = str(profile.get("image_kernel") or f"{kernel_vr}.{arch.value}")
+    return {
+        "kernel": kernel,
+        "kernel_vr": kernel_vr,
+        "arch": arch.value,
+        "deb_arch": arch.deb,
+        "codename": distro.codename,
+        "version_id": distro.version_id,
+        "dist": str(profile.get("dist", "")),
+        "flavour": str(profile.get("flavour", "")),
+        "debian_driver": str(profile.get("debian_driver", "")),
+    }
+
+
+def make_world(
+    distro_id: str, distro: Distro, plan: Plan, machine: Machine, faults: Mapping[str, str], keys: KeyRing
+) -> dict[str, Any]:
+    """The world one machine lives in: what its image holds, what each repository publishes (from the vendor
+    evidence) and signs, what the network answers. The trace harness simulates it; tests/support/rpmhost.py builds
+    it with real rpm packages and repositories."""
+    worlds = load_worlds()
+    os_id = distro.os_id
+    if os_id not in worlds["profile_for"]:
+        raise AssertionError(f"tests/fixtures/trace/worlds.yaml has no profile for os id {os_id!r}: add one")
+    profile = dict(worlds["profiles"][worlds["profile_for"][os_id]])
+    overrides = worlds["distros"].get(distro_id, {})
+    files = {**profile.get("files", {}), **overrides.get("files", {})}
+    profile.update({k: v for k, v in overrides.items() if k != "files"})
+    values = _world_values(distro, plan, machine, profile)
+    family = distro.family
+    kind = "apt" if family is Family.APT else "rpm"
+    packages: list[dict[str, Any]] = []
+    arch = values["arch"]
+
+    # Packages of a kernel line (offer.kernels) are published where the image runs a kernel of that line.
+    line = next((k for k in kernel_lines(distro_id, arch) if values["kernel"].startswith(f"{k}.")), "")
+
+    def published(repo: str, field_name: str) -> set[str]:
+        """What the evidence shows `repo` offering this distribution and arch, placeholders filled. On rpm
+        systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it)."""
+        names = evidence.published(distro_id, arch, repo, field_name, kernel=line)
+        if kind == "rpm":
+            names = {n.removesuffix("-{kernel}") for n in names}
+        return {_expand(n, values) for n in names}
+
+    streams = published("cuda", "streams")  # NVIDIA's module streams (modular worlds only)
+
+    def add(name: str, spec: dict[str, Any], repo: str, allowed: set[str]) -> None:
+        if name not in allowed:
+            return  # the evidence does not show this repository publishing it: it cannot be installed
+        if machine.modules_lag and name.startswith("linux-modules-nvidia-"):
+            return
+        for version in spec["versions"]:
+            stream = spec.get("streams", {}).get(version)
+            if profile.get("modular") and stream is not None and stream not in streams:
+                continue  # a module stream the evidence does not show: its packages are not published either
+            pkg: dict[str, Any] = {"name": name, "version": version, "repo": repo, "arch": arch}
+            for key in ("component", "epoch", "requires", "conflicts", "bins", "units"):
+                if key in spec:
+                    pkg[key] = spec[key]
+            if spec.get("dkms"):
+                pkg["dkms"] = version.split("-")[0]
+            if spec.get("headers"):
+                pkg["headers"] = values["kernel"]
+            if spec.get("kmod"):
+                pkg["kmod"] = {**spec["kmod"], "kernel": values["kernel"]}
+            if profile.get("modular") and stream is not None:
+                pkg["stream"] = stream
+            packages.append(pkg)
+
+    # The image's base tools (hand-written, no vendor fact) and what the evidence shows its archive publishing.
+    base = set(_expand([*profile.get("installed", []), *distro.base_packages], values))
+    archive = dict(profile.get("archive", {}))
+    archive.update(overrides.get("archive_extra", {}))
+    for name, spec in _expand(archive, values).items():
+        add(name, spec, "archive", base | published(ARCHIVE, "packages"))
+    repos: dict[str, dict[str, Any]] = {}
+    www: dict[str, dict[str, Any]] = {}
+    network_faults: dict[str, str] = {}
+    for repo in plan.repos:
+        url = repo.url.rstrip("/")
+        signer = keys.key("stranger" if faults.get(repo.name) == "repo-other-signer" else repo.name)
+        # What the vendor signs, as the evidence shows it; where it is silent, the least (apt repositories
+        # always sign their metadata, InRelease).
+        signs = evidence.signing(distro_id, arch, repo.name)
+        if kind == "apt":
+            signs = {"metadata": True, "packages": False}
+        repos[url] = {
+            "name": repo.name,
+            "signer": signer.fingerprint,
+            "signs_metadata": signs.get("metadata", False),
+            "signs_packages": signs.get("packages", False),
+        }
+        behaviour = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
+        for name, spec in behaviour.items():
+            add(name, spec, url, published(repo.name, "packages"))
+        fault = faults.get(repo.name)
+        if repo.key_url.rsplit("/", 1)[1] in published(repo.name, "keys"):  # any other key file: 404
+            www[repo.key_url] = _key_answer(repo.name, fault)
+        if fault in ("repo-404", "repo-unreachable"):
+            network_faults[url] = fault.removeprefix("repo-")
+    installed = {}
+    for name in _expand(profile.get("installed", []), values):
+        pkg = next(p for p in packages if p["name"] == name and p["repo"] == "archive")
+        installed[name] = {k: pkg[k] for k in ("version", "epoch", "repo", "arch") if k in pkg}
+    return {
+        "distro": distro_id,
+        "family": family.value,
+        "dnf": profile.get("dnf", ""),
+        "arch": machine.arch or values["arch"],
+        "running_kernel": values["kernel"] if machine.booted else worlds["host_kernel"],
+        "image_kernel": values["kernel"],
+        "kernel_flavour": values["flavour"],
+        "booted": machine.booted,
+        "gpu": machine.gpu,
+        "secure_boot": machine.secure_boot,
+        "archive_uris": _expand(profile["archive_uris"], values),
+        "module_defaults": profile.get("module_defaults", {}),
+        "packages": packages,
+        "repos": repos,
+        "www": www,
+        "faults": network_faults,
+        "labels": {url: r["name"] for url, r in repos.items()},
+        "_os_version_id": str(profile.get("os_version_id") or distro.version_id),
+        "_files": {
+            **{path: (None if text is None else _expand(text, values)) for path, text in files.items()},
+            **machine.files,
+        },
+        "_installed": installed,
+    }
+
+
+def _key_answer(name: str, fault: str | None) -> dict[str, Any]:
+    if fault == "key-404":
+        return {"status": 404}
+    if fault == "key-unreachable":
+        return {"fault": "unreachable"}
+    return {"file": f"www/{name}.key"}
+
+
 class FakeMachine:
     """One target machine: its root, its world, its script. Use as a context manager (removes everything)."""
 
@@ -391,140 +534,8 @@ class FakeMachine:
         self.close()
 
     # ---- the world ----
-    def _values(self, profile: dict[str, Any]) -> dict[str, str]:
-        arch = self.plan.arch
-        kernel_vr = str(self.machine.kernel_vr or profile.get("image_kernel_vr", ""))
-        kernel = str(profile.get("image_kernel") or f"{kernel_vr}.{arch.value}")
-        return {
-            "kernel": kernel,
-            "kernel_vr": kernel_vr,
-            "arch": arch.value,
-            "deb_arch": arch.deb,
-            "codename": self.distro.codename,
-            "version_id": self.distro.version_id,
-            "dist": str(profile.get("dist", "")),
-            "flavour": str(profile.get("flavour", "")),
-            "debian_driver": str(profile.get("debian_driver", "")),
-        }
-
     def _world(self) -> dict[str, Any]:
-        worlds = load_worlds()
-        os_id = self.distro.os_id
-        if os_id not in worlds["profile_for"]:
-            raise AssertionError(f"tests/fixtures/trace/worlds.yaml has no profile for os id {os_id!r}: add one")
-        profile = dict(worlds["profiles"][worlds["profile_for"][os_id]])
-        overrides = worlds["distros"].get(self.distro_id, {})
-        files = {**profile.get("files", {}), **overrides.get("files", {})}
-        profile.update({k: v for k, v in overrides.items() if k != "files"})
-        values = self._values(profile)
-        family = self.distro.family
-        kind = "apt" if family is Family.APT else "rpm"
-        packages: list[dict[str, Any]] = []
-        arch = values["arch"]
-
-        # Packages of a kernel line (offer.kernels) are published where the image runs a kernel of that line.
-        line = next((k for k in kernel_lines(self.distro_id, arch) if values["kernel"].startswith(f"{k}.")), "")
-
-        def published(repo: str, field_name: str) -> set[str]:
-            """What the evidence shows `repo` offering this distribution and arch, placeholders filled. On rpm
-            systems `NAME-{kernel}` is package NAME at the kernel's version (the name the world gives it)."""
-            names = evidence.published(self.distro_id, arch, repo, field_name, kernel=line)
-            if kind == "rpm":
-                names = {n.removesuffix("-{kernel}") for n in names}
-            return {_expand(n, values) for n in names}
-
-        streams = published("cuda", "streams")  # NVIDIA's module streams (modular worlds only)
-
-        def add(name: str, spec: dict[str, Any], repo: str, allowed: set[str]) -> None:
-            if name not in allowed:
-                return  # the evidence does not show this repository publishing it: it cannot be installed
-            if self.machine.modules_lag and name.startswith("linux-modules-nvidia-"):
-                return
-            for version in spec["versions"]:
-                stream = spec.get("streams", {}).get(version)
-                if profile.get("modular") and stream is not None and stream not in streams:
-                    continue  # a module stream the evidence does not show: its packages are not published either
-                pkg: dict[str, Any] = {"name": name, "version": version, "repo": repo, "arch": arch}
-                for key in ("component", "epoch", "requires", "conflicts", "bins", "units"):
-                    if key in spec:
-                        pkg[key] = spec[key]
-                if spec.get("dkms"):
-                    pkg["dkms"] = version.split("-")[0]
-                if spec.get("headers"):
-                    pkg["headers"] = values["kernel"]
-                if spec.get("kmod"):
-                    pkg["kmod"] = {**spec["kmod"], "kernel": values["kernel"]}
-                if profile.get("modular") and stream is not None:
-                    pkg["stream"] = stream
-                packages.append(pkg)
-
-        # The image's base tools (hand-written, no vendor fact) and what the evidence shows its archive publishing.
-        base = set(_expand([*profile.get("installed", []), *self.distro.base_packages], values))
-        archive = dict(profile.get("archive", {}))
-        archive.update(overrides.get("archive_extra", {}))
-        for name, spec in _expand(archive, values).items():
-            add(name, spec, "archive", base | published(ARCHIVE, "packages"))
-        repos: dict[str, dict[str, str]] = {}
-        www: dict[str, dict[str, Any]] = {}
-        faults: dict[str, str] = {}
-        for repo in self.plan.repos:
-            url = repo.url.rstrip("/")
-            signer = self.keys.key("stranger" if self.faults.get(repo.name) == "repo-other-signer" else repo.name)
-            # What the vendor signs, as the evidence shows it; where it is silent, the least (apt repositories
-            # always sign their metadata, InRelease).
-            signs = evidence.signing(self.distro_id, arch, repo.name)
-            if kind == "apt":
-                signs = {"metadata": True, "packages": False}
-            repos[url] = {
-                "name": repo.name,
-                "signer": signer.fingerprint,
-                "signs_metadata": signs.get("metadata", False),
-                "signs_packages": signs.get("packages", False),
-            }
-            behaviour = _expand(worlds["repos"].get(repo.name, {}).get(kind, {}), values)
-            for name, spec in behaviour.items():
-                add(name, spec, url, published(repo.name, "packages"))
-            fault = self.faults.get(repo.name)
-            if repo.key_url.rsplit("/", 1)[1] in published(repo.name, "keys"):  # any other key file: 404
-                www[repo.key_url] = self._key_answer(repo.name, fault)
-            if fault in ("repo-404", "repo-unreachable"):
-                faults[url] = fault.removeprefix("repo-")
-        installed = {}
-        for name in _expand(profile.get("installed", []), values):
-            pkg = next(p for p in packages if p["name"] == name and p["repo"] == "archive")
-            installed[name] = {k: pkg[k] for k in ("version", "epoch", "repo", "arch") if k in pkg}
-        return {
-            "distro": self.distro_id,
-            "family": family.value,
-            "dnf": profile.get("dnf", ""),
-            "arch": self.machine.arch or values["arch"],
-            "running_kernel": values["kernel"] if self.machine.booted else worlds["host_kernel"],
-            "image_kernel": values["kernel"],
-            "kernel_flavour": values["flavour"],
-            "booted": self.machine.booted,
-            "gpu": self.machine.gpu,
-            "secure_boot": self.machine.secure_boot,
-            "archive_uris": _expand(profile["archive_uris"], values),
-            "module_defaults": profile.get("module_defaults", {}),
-            "packages": packages,
-            "repos": repos,
-            "www": www,
-            "faults": faults,
-            "labels": {url: r["name"] for url, r in repos.items()},
-            "_os_version_id": str(profile.get("os_version_id") or self.distro.version_id),
-            "_files": {
-                **{path: (None if text is None else _expand(text, values)) for path, text in files.items()},
-                **self.machine.files,
-            },
-            "_installed": installed,
-        }
-
-    def _key_answer(self, name: str, fault: str | None) -> dict[str, Any]:
-        if fault == "key-404":
-            return {"status": 404}
-        if fault == "key-unreachable":
-            return {"fault": "unreachable"}
-        return {"file": f"www/{name}.key"}
+        return make_world(self.distro_id, self.distro, self.plan, self.machine, self.faults, self.keys)
 
     def _key_body(self, name: str) -> bytes:
         fault = self.faults.get(name)
