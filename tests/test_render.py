@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 from pathlib import Path
 
@@ -114,3 +115,19 @@ def test_check_config_carries_the_options() -> None:
     config = json.loads(body.group(1))
     assert config["expected_gpus"] == 8 and config["require_gpu"] is True and config["gpus"] == "2"
     assert config["driver_branch"] == "580" and config["runtimes"] == ["docker"]
+
+
+# Under `set -o pipefail`, `cmd | grep -q PATTERN` is false now and then although the pattern is there: grep exits at
+# the first match and a writer still writing dies of SIGPIPE (141), which pipefail reports. Found by the rpm harness:
+# `systemctl list-unit-files UNIT | grep -q UNIT` failed in about one run in seven (tests/test_rpm_real.py). A grep
+# that must answer reads a variable or a here-string instead. Writers that write once and stop are safe.
+EARLY_EXIT_GREP = re.compile(r"(?<!\|)\|\s*grep\s+-[A-Za-z]*q")
+WRITES_ONCE = ("-print -quit", "head -c ")
+
+
+@pytest.mark.parametrize(("distro", "arch"), matrix())
+def test_no_pipeline_ends_in_an_early_exit_grep(distro: str, arch: str) -> None:
+    (script,) = render_files(distro, Format.SHELL, arch=arch)
+    lines = str(script.content).replace("|\n", "| ").splitlines()
+    found = [line.strip() for line in lines if EARLY_EXIT_GREP.search(line) and not any(w in line for w in WRITES_ONCE)]
+    assert found == []

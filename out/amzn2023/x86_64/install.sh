@@ -233,7 +233,7 @@ canonical_key() {
     KEY_PROBLEM="gpg cannot read all of it"
     return 1
   fi
-  if printf '%s\n' "$packets" | grep -q '^:secret'; then
+  if grep -q '^:secret' <<<"$packets"; then
     KEY_PROBLEM="it holds secret-key material"
     return 1
   fi
@@ -390,6 +390,25 @@ pm_keep_from_automatic_updates() { :; }
 # Whether a package owns FILE.
 pm_owns() { rpm -qf "$1" >/dev/null 2>&1; }
 
+# rpm's transaction lock, taken by every rpm transaction: an rpm, dnf, zypper or PackageKit run elsewhere on the
+# machine (a cloud agent installing its packages at first boot) holds it. rpm waits for it only when stdin is a
+# terminal (lib/rpmlock.c: "dont wait within scriptlets"), so under cloud-init or Packer dnf and zypper fail at once
+# ("can't create transaction lock"). The script waits for it instead, up to RPM_LOCK_WAIT seconds: /proc/locks lists
+# the holder of the lock file's fcntl lock by the file's inode.
+readonly RPM_LOCK=/var/lib/rpm/.rpm.lock RPM_LOCK_WAIT=600
+rpm_wait_for_lock() {
+  local inode waited=0
+  inode=$(stat -c %i "$RPM_LOCK" 2>/dev/null) || return 0
+  while grep -Eq "^[0-9]+: POSIX +ADVISORY +WRITE +[0-9]+ [0-9a-f]+:[0-9a-f]+:$inode " /proc/locks 2>/dev/null; do
+    if [ "$waited" -ge "$RPM_LOCK_WAIT" ]; then
+      die "$EX_FAILURE" "another rpm transaction has held $RPM_LOCK for ${RPM_LOCK_WAIT}s; run again once it is done"
+    fi
+    if [ "$waited" = 0 ]; then log "waiting for another rpm transaction to finish (it holds $RPM_LOCK)"; fi
+    sleep 5
+    waited=$((waited + 5))
+  done
+}
+
 # Add a signed repository: rpm_repo_add FILE REFRESH_COMMAND NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK
 # METADATA_CHECK EXTRA_SETTINGS. The checks (1/0) are what the vendor signs: its packages (gpgcheck) and its
 # metadata (repo_gpgcheck), never neither. The key is verified before rpm trusts it; the repository is refreshed
@@ -401,7 +420,7 @@ rpm_repo_add() {
   [ -e "$file" ] || created_file=1
   log "repository $name: $description"
   install_key "$key_url" "$fpr" "$key" 1
-  if [ "$CHANGED" = 1 ]; then run rpm --import "$key"; fi
+  if [ "$CHANGED" = 1 ]; then rpm_wait_for_lock; run rpm --import "$key"; fi
   printf '# %s (managed by bakegen)\n[%s]\nname=%s\nbaseurl=%s\nenabled=1\n' "$description" "$name" "$description" "$url" |
     cat - <(printf 'gpgcheck=%s\nrepo_gpgcheck=%s\ngpgkey=file://%s\n%s' "$pkg_check" "$meta_check" "$key" "$extra") |
     put_file 0644 "$file"
@@ -434,6 +453,7 @@ remove_retired_keys() {
   local fpr pkg
   for fpr in "${RETIRED_KEYS[@]}"; do
     for pkg in $(rpm_key_packages "$fpr"); do
+      rpm_wait_for_lock
       run rpm -e "$pkg"
       log "removed retired key $fpr ($pkg)"
     done
@@ -531,6 +551,7 @@ dnf_refresh_repo() { "${DNF[@]}" makecache --disablerepo='*' --enablerepo="$1" >
 pm_install_missing() {
   local spec names=()
   for spec in "$@"; do names+=("${spec/=/-}"); done
+  rpm_wait_for_lock
   run retry 3 "${DNF[@]}" install "${names[@]}"
 }
 
@@ -548,7 +569,7 @@ pm_hold_installed() {
   if [ "$name" = nvidia-driver ]; then
     # NVIDIA's version lock (driver installation guide, "Version locking"; evidence driver.versionlock): every
     # installed package of the branch, not only the ones named here.
-    if dnf -q versionlock list 2>/dev/null | grep -q ":$DRIVER_BRANCH\."; then
+    if grep -q ":$DRIVER_BRANCH\." <<<"$(dnf -q versionlock list 2>/dev/null)"; then
       log "$name already held"
     else
       run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"
@@ -557,7 +578,7 @@ pm_hold_installed() {
   fi
   local pkg held=()
   for pkg in "$@"; do
-    if [ -n "$(pkg_version "$pkg")" ] && ! dnf -q versionlock list 2>/dev/null | grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)"; then
+    if [ -n "$(pkg_version "$pkg")" ] && ! grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)" <<<"$(dnf -q versionlock list 2>/dev/null)"; then
       held+=("$pkg")
     fi
   done
@@ -566,8 +587,7 @@ pm_hold_installed() {
 
 driver_install_packages() {
   if [ -n "$DRIVER_MODULE_STREAM" ] &&
-      ! dnf -q module list --enabled "${DRIVER_MODULE_STREAM%%:*}" 2>/dev/null |
-        grep -qw -- "${DRIVER_MODULE_STREAM#*:}"; then
+      ! grep -qw -- "${DRIVER_MODULE_STREAM#*:}" <<<"$(dnf -q module list --enabled "${DRIVER_MODULE_STREAM%%:*}" 2>/dev/null)"; then
     run "${DNF[@]}" module enable "$DRIVER_MODULE_STREAM" ||
       die "$EX_NETWORK" "could not enable module stream $DRIVER_MODULE_STREAM"
   fi
@@ -676,7 +696,7 @@ step_driver() {
   else
     log "initramfs is newer than $blacklist"
   fi
-  if have systemctl && systemctl list-unit-files nvidia-persistenced.service 2>/dev/null | grep -q nvidia-persistenced; then
+  if have systemctl && grep -q nvidia-persistenced <<<"$(systemctl list-unit-files nvidia-persistenced.service 2>/dev/null)"; then
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
@@ -686,7 +706,7 @@ step_driver() {
 # A module built by DKMS is signed by DKMS's own key: under Secure Boot it loads only once that key is enrolled.
 require_dkms_signing() {
   if in_chroot || ! secure_boot_enabled; then return 0; fi
-  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
+  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && grep -q 'already enrolled' <<<"$(mokutil --test-key /var/lib/dkms/mok.pub 2>&1)"; }; then
     die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
       "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
       "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
@@ -972,7 +992,7 @@ configure_runtime() {
   fi
   local knows=1
   if [ "$name" = docker ] && have docker &&
-      ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
+      ! grep -q '"nvidia"' <<<"$(docker info --format '{{json .Runtimes}}' 2>/dev/null)"; then
     knows=0
   fi
   if [ "$before" != "$after" ] || [ "$knows" = 0 ]; then

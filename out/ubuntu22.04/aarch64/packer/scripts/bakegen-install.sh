@@ -233,7 +233,7 @@ canonical_key() {
     KEY_PROBLEM="gpg cannot read all of it"
     return 1
   fi
-  if printf '%s\n' "$packets" | grep -q '^:secret'; then
+  if grep -q '^:secret' <<<"$packets"; then
     KEY_PROBLEM="it holds secret-key material"
     return 1
   fi
@@ -420,7 +420,7 @@ apt_update_once() {
   local out rc
   out=$(apt-get "${APT_OPTS[@]}" "$@" update 2>&1) && rc=0 || rc=$?
   log_raw "$out"
-  if [ "$rc" -ne 0 ] || printf '%s\n' "$out" | grep -Eq '^(Err:|E:|W: (Failed|GPG|The repository|.*NO_PUBKEY))'; then
+  if [ "$rc" -ne 0 ] || grep -Eq '^(Err:|E:|W: (Failed|GPG|The repository|.*NO_PUBKEY))' <<<"$out"; then
     printf '%s\n' "$out" | grep -E '^(Err|E|W):' >&2 || true
     return 1
   fi
@@ -503,7 +503,7 @@ remove_retired_keys() {
     [ -s "$ring" ] || continue
     found=$(key_fingerprints "$ring")
     for fpr in "${RETIRED_KEYS[@]}"; do
-      printf '%s\n' "$found" | grep -qx -- "$fpr" || continue
+      grep -qx -- "$fpr" <<<"$found" || continue
       if [ "$(printf '%s\n' "$found" | wc -l)" -eq 1 ] && [ "$ring" != /etc/apt/trusted.gpg ]; then
         remove_file "$ring"
       else
@@ -551,7 +551,7 @@ ensure_components() {
   while IFS='|' read -r uri suite entry; do
     missing=()
     for comp in "${wanted[@]}"; do
-      if ! printf '%s\n' "$configured" | grep -qF "$uri|$suite|$comp|"; then missing+=("$comp"); fi
+      if ! grep -qF "$uri|$suite|$comp|" <<<"$configured"; then missing+=("$comp"); fi
     done
     [ "${#missing[@]}" -gt 0 ] || continue
     signed_by=$(source_signed_by "$entry")
@@ -712,7 +712,7 @@ pkg_spec_at() {
 # for Canonical's signed modules would matter under Secure Boot.
 apt_offers() { apt_has_candidate "$1" || { pm_refresh && apt_has_candidate "$1"; }; }
 
-apt_has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
+apt_has_candidate() { grep -q 'Candidate: [^(]' <<<"$(apt-cache policy "$1" 2>/dev/null)"; }
 
 driver_install_packages() { pm_install "${DRIVER_PACKAGES[@]}"; }
 
@@ -807,7 +807,7 @@ step_driver() {
   else
     log "initramfs is newer than $blacklist"
   fi
-  if have systemctl && systemctl list-unit-files nvidia-persistenced.service 2>/dev/null | grep -q nvidia-persistenced; then
+  if have systemctl && grep -q nvidia-persistenced <<<"$(systemctl list-unit-files nvidia-persistenced.service 2>/dev/null)"; then
     run systemctl enable nvidia-persistenced.service >/dev/null 2>&1 || note "could not enable nvidia-persistenced"
   fi
   driver_load_or_reboot "$driver_changed"
@@ -817,7 +817,7 @@ step_driver() {
 # A module built by DKMS is signed by DKMS's own key: under Secure Boot it loads only once that key is enrolled.
 require_dkms_signing() {
   if in_chroot || ! secure_boot_enabled; then return 0; fi
-  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && mokutil --test-key /var/lib/dkms/mok.pub 2>&1 | grep -q 'already enrolled'; }; then
+  if ! { have mokutil && [ -r /var/lib/dkms/mok.pub ] && grep -q 'already enrolled' <<<"$(mokutil --test-key /var/lib/dkms/mok.pub 2>&1)"; }; then
     die "$EX_VERIFY" "Secure Boot is enabled and the $DRIVER_SOURCE driver is built with DKMS," \
       "unsigned by any enrolled key: the module would not load. Enroll DKMS's key" \
       "(mokutil --import /var/lib/dkms/mok.pub, then reboot and confirm), or use a driver source with" \
@@ -1100,7 +1100,7 @@ configure_runtime() {
   fi
   local knows=1
   if [ "$name" = docker ] && have docker &&
-      ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
+      ! grep -q '"nvidia"' <<<"$(docker info --format '{{json .Runtimes}}' 2>/dev/null)"; then
     knows=0
   fi
   if [ "$before" != "$after" ] || [ "$knows" = 0 ]; then
