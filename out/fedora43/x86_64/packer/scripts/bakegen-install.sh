@@ -438,11 +438,12 @@ rpm_repo_add() {
   fi
 }
 
-# rpm's names (gpg-pubkey-VERSION-RELEASE) for the imported keys whose full primary fingerprint is FPR: the name
-# holds only the short key ID, so each candidate's key is read back and compared in full.
+# rpm's names (gpg-pubkey-VERSION-RELEASE) for the imported keys whose full primary fingerprint is FPR. VERSION is
+# the short key ID up to rpm 4.x and the full fingerprint in rpm 6 (Fedora 43; seen with rpm 6.1 in the rpm harness):
+# either ends with the short ID, and each candidate's key is read back and compared in full.
 rpm_key_packages() {
   local fpr=$1 pkg
-  for pkg in $(rpm -q gpg-pubkey 2>/dev/null | grep -i -- "^gpg-pubkey-${fpr: -8}-" || true); do
+  for pkg in $(rpm -q gpg-pubkey 2>/dev/null | grep -i -- "^gpg-pubkey-[0-9a-f]*${fpr: -8}-" || true); do
     rpm -q --qf '%{DESCRIPTION}' "$pkg" >"$TMP_DIR/rpm-key" 2>/dev/null || continue
     if [ "$(key_fingerprints "$TMP_DIR/rpm-key")" = "$fpr" ]; then printf '%s\n' "$pkg"; fi
   done
