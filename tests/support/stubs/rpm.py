@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # typing costs ~10 ms an import; stubs start on every call
     from typing import Any
 
 DNF_VALUE_OPTS = {"--setopt", "--disablerepo", "--enablerepo", "--repo", "-c", "--releasever"}
-ZYPPER_VALUE_OPTS = {"--repo", "-r", "--root", "-R"}
+ZYPPER_VALUE_OPTS = {"--repo", "-r", "--root", "-R", "--type", "-t"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -444,6 +444,8 @@ def zypper(ctx: Ctx) -> int:
         return _zypper_refresh(ctx, opts, rest)
     if command in ("install", "in"):
         return _zypper_install(ctx, opts, rest)
+    if command in ("search", "se"):
+        return _zypper_search(ctx, rest)
     if command in ("addlock", "al"):
         locks = ctx.state.setdefault("zypper_locks", [])
         for name in rest:
@@ -494,13 +496,43 @@ def _zypper_refresh(ctx: Ctx, opts: dict[str, list[str]], names: list[str]) -> i
     return 0
 
 
-def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
+def _zypper_loaded(ctx: Ctx) -> list[dict[str, str]]:
     loaded = []
     for repo in _zypper_repos(ctx, []):
         if check_repo(ctx, repo):
             err(f"Repository '{repo['id']}' is invalid; skipping it.")
         else:
             loaded.append(repo)
+    return loaded
+
+
+def _zypper_search(ctx: Ctx, names: list[str]) -> int:
+    """`zypper search --details --match-exact NAME`: every version of NAME, E:V-R as zypper writes it."""
+    rows = []
+    for pkg in pool(ctx, _zypper_loaded(ctx), modular=False):
+        if pkg["name"] in names:
+            status = "i+" if pkgs.installed_version(ctx, pkg["name"]) == pkg["version"] else ""
+            rows.append((status, pkg["name"], full_version(pkg), pkg.get("arch", "x86_64"), pkg["repo"]))
+    if not rows:
+        err("No matching items found.")
+        return 104
+    out("\nS  | Name | Type    | Version | Arch   | Repository\n---+------+---------+---------+--------+-----------")
+    for status, name, version, arch, repo in rows:
+        out(f"{status:<2} | {name} | package | {version} | {arch} | {repo}")
+    return 0
+
+
+def _edition_matches(pkg: dict[str, Any], want: str) -> bool:
+    """NAME=WANT as libsolv matches it for zypper: a version written without an epoch is epoch 0 (the real zypper
+    finds no 'nvidia-open=580.159.04' for NVIDIA's epoch-3 packages), and one without a release matches any."""
+    have = full_version(pkg)
+    have_epoch, _, have_rest = have.rpartition(":") if ":" in have else ("0", "", have)
+    want_epoch, _, want_rest = want.rpartition(":") if ":" in want else ("0", "", want)
+    return int(have_epoch) == int(want_epoch) and (have_rest == want_rest or have_rest.startswith(want_rest + "-"))
+
+
+def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> int:
+    loaded = _zypper_loaded(ctx)
     available = pool(ctx, loaded, modular=False)
     todo = []
     for spec in specs:
@@ -514,8 +546,8 @@ def _zypper_install(ctx: Ctx, opts: dict[str, list[str]], specs: list[str]) -> i
             p
             for p in available
             if p["name"] == name
-            and (not version or p["version"] == version or str(p["version"]).startswith(version + "-"))
-            and (not below or vercmp(str(p["version"]), below) < 0)
+            and (not version or _edition_matches(p, version))
+            and (not below or vercmp(full_version(p), below) < 0)  # epoch 0 where `below` has none, as libsolv
         ]
         if not matches:
             if pkgs.installed_version(ctx, name) and not version:

@@ -481,12 +481,37 @@ pm_refresh() {
 
 zypper_refresh_repo() { "${ZYPPER[@]}" refresh --repo "$1" >/dev/null; }
 
-# Install package specs that pm_install found missing; NAME=BRANCH.* becomes zypper's 'NAME<BRANCH+1'.
+# The newest edition (EPOCH:VERSION-RELEASE) of package NAME the configured repositories offer whose version is
+# WANT (580.159.04, or with its release 1.17.8-1) or, for BRANCH.*, starts with BRANCH. zypper compares a version
+# written without an epoch as epoch 0, and NVIDIA's packages carry epoch 3: 'nvidia-open<581' and
+# 'nvidia-open=580.159.04' match nothing (seen with the real zypper in the rpm harness, tests/test_rpm_real.py).
+# So the edition is looked up and asked for in full.
+zypper_edition() {
+  local name=$1 want=$2
+  zypper --quiet --no-refresh search --details --match-exact --type package "$name" 2>/dev/null |
+    awk -F'|' -v name="$name" -v want="$want" '
+      { n = $2; e = $4; gsub(/ /, "", n); gsub(/ /, "", e); v = e; sub(/^[0-9]+:/, "", v) }
+      n != name { next }
+      want ~ /\.\*$/ { if (index(v, substr(want, 1, length(want) - 1)) == 1) print e; next }
+      v == want || index(v, want "-") == 1 { print e }' |
+    sort -V | tail -n 1
+}
+
+# Install package specs (NAME, NAME=VERSION or NAME=BRANCH.*) that pm_install found missing.
 pm_install_missing() {
-  local spec branch names=()
+  local spec edition names=()
   for spec in "$@"; do
     case $spec in
-      *=*.\*) branch=${spec#*=}; branch=${branch%.\*}; names+=("${spec%%=*}<$((branch + 1))") ;;
+      *=*)
+        edition=$(zypper_edition "${spec%%=*}" "${spec#*=}")
+        if [ -n "$edition" ]; then
+          names+=("${spec%%=*}=$edition")
+        elif [ "$DRY_RUN" = 1 ]; then
+          names+=("$spec")  # a repository this dry run would add is not there to look in
+        else
+          log "the configured repositories have no ${spec%%=*} at ${spec#*=}"
+          return 1
+        fi ;;
       *) names+=("$spec") ;;
     esac
   done
