@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Literal, get_args
 
-Release = Literal["bookworm", "trixie"]
+Release = Literal["bookworm", "trixie", "sid"]
 RELEASES: tuple[Release, ...] = get_args(Release)
 
 BASE_PACKAGES: tuple[str, ...] = ("ca-certificates", "curl", "gnupg", "python3")
@@ -155,6 +155,8 @@ def _run_mmdebstrap(
         "--quiet",
         f"--include={','.join(packages)}",
         '--aptopt=Acquire::Retries "3"',
+        # sid's Release files as this archive serves them can be older than their Valid-Until (seen: 25 days).
+        *(['--aptopt=Acquire::Check-Valid-Until "false"'] if release == "sid" else []),
         *(f"--customize-hook={hook}" for hook in hooks),
         release,
         str(target),

@@ -50,16 +50,64 @@ from generator.render import render_script as render_script_text
 from generator.resolve import descriptor_set, load_distro
 from tests.support import toolkit
 from tests.support.https import StaticHttps
-from tests.support.rootfs import CHROOT_PATH, Chroot, build_rootfs, default_cache_dir
+from tests.support.rootfs import CHROOT_PATH, Chroot, Release, build_rootfs, default_cache_dir
 from tests.support.trace import KeyRing, Machine, make_world
 
 HERE = Path(__file__).resolve().parent
 STANDIN_FILES = HERE / "standin" / "rpm"
 CLI_STANDIN = HERE / "standin" / "files" / "nvidia-container-cli"
 
-# The distributions whose package manager is dnf 4 (Debian 12's), x86_64: the arch this machine runs natively.
-DNF4_DISTROS = ("rhel8", "rhel9", "rocky9", "almalinux9", "amzn2023")
-ROOTFS_PACKAGES = ("dnf", "dnf-plugins-core", "rpm", "systemd", "kmod", "pciutils")
+
+@dataclass(frozen=True)
+class Tooling:
+    """A target's real package manager as Debian's archive has it: which Debian release carries it, and where the
+    target keeps rpm's database."""
+
+    name: str
+    release: Release
+    packages: tuple[str, ...]
+    dbpath: str
+    install: str  # the command line that installs the image's own packages while dressing it
+
+
+TOOLING = {
+    # Debian 12: dnf 4.14, libdnf 0.69, rpm 4.18 (RHEL 9: dnf 4.14, rpm 4.16; RHEL 8: dnf 4.7, rpm 4.14).
+    "dnf4": Tooling(
+        "dnf4",
+        "bookworm",
+        ("dnf", "dnf-plugins-core", "rpm", "systemd", "kmod", "pciutils"),
+        "/var/lib/rpm",
+        "dnf -y -q --setopt=install_weak_deps=False install",
+    ),
+    # sid: dnf5 5.4, rpm 6.1 (Fedora 43: dnf5 5.2, rpm 6.0). Fedora keeps rpm's database in /usr/lib/sysimage/rpm
+    # since Fedora 36, with /var/lib/rpm a link to it.
+    "dnf5": Tooling(
+        "dnf5",
+        "sid",
+        ("dnf5", "rpm", "systemd", "kmod", "pciutils"),
+        "/usr/lib/sysimage/rpm",
+        "dnf5 -y -q --setopt=install_weak_deps=False install",
+    ),
+    # Debian 13: zypper 1.14.89, libzypp 17.36, rpm 4.20 (SLES 15 SP6: zypper 1.14, libzypp 17.35, rpm 4.14);
+    # SLES 15 keeps rpm's database in /usr/lib/sysimage/rpm, /var/lib/rpm a link to it.
+    "zypper": Tooling(
+        "zypper",
+        "trixie",
+        ("zypper", "rpm", "systemd", "kmod", "pciutils"),
+        "/usr/lib/sysimage/rpm",
+        "zypper --non-interactive --quiet install --no-recommends",
+    ),
+}
+# The rpm distributions, x86_64 (the arch this machine runs natively), by the package manager that runs them.
+DISTROS = {
+    "rhel8": "dnf4",
+    "rhel9": "dnf4",
+    "rocky9": "dnf4",
+    "almalinux9": "dnf4",
+    "amzn2023": "dnf4",
+    "fedora43": "dnf5",
+    "sles15": "zypper",
+}
 ARCHIVE = "archive"  # the world's name for the distribution's own repository
 ARCHIVE_REPO_ID = "standin-archive"
 ARCHIVE_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-standin-archive"
@@ -74,8 +122,15 @@ VERSIONLOCK_CONF = "[main]\nenabled = 1\nlocklist = /etc/dnf/plugins/versionlock
 # NVIDIA's rpm spec builds these two from the real commands (operator-extensions is built, never published).
 TOOLKIT_SPEC_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base")
 # The release package of each os id: it provides system-release(releasever), which dnf reads $releasever from.
-RELEASE_PACKAGE = {"rhel": "redhat-release", "rocky": "rocky-release", "almalinux": "almalinux-release"}
-# RHEL 8/9's /etc/dnf/dnf.conf as installed by the dnf package (Amazon Linux 2023's adds nothing the script reads).
+RELEASE_PACKAGE = {
+    "rhel": "redhat-release",
+    "rocky": "rocky-release",
+    "almalinux": "almalinux-release",
+    "fedora": "fedora-release-common",
+    "sles": "sles-release",
+}
+# RHEL 8/9's /etc/dnf/dnf.conf as installed by the dnf package (Amazon Linux 2023's adds nothing the script reads;
+# Fedora's dnf5 has an empty [main]).
 DNF_CONF = """[main]
 gpgcheck=1
 installonly_limit=3
@@ -185,7 +240,7 @@ def _unit(name: str, package: str) -> bytes:
     ).encode()
 
 
-def spec_from_world(pkg: Mapping[str, Any], repo: str) -> RpmSpec:
+def spec_from_world(pkg: Mapping[str, Any], repo: str, tooling: str = "dnf4") -> RpmSpec:
     """A world package (tests/fixtures/trace/worlds.yaml, filled by make_world) as an rpm stand-in."""
     name = str(pkg["name"])
     version, release = _split_version(str(pkg["version"]))
@@ -214,7 +269,9 @@ def spec_from_world(pkg: Mapping[str, Any], repo: str) -> RpmSpec:
             f"nvidia {kmod['version']} (precompiled STAND-IN)\n".encode(),
             0o644,
         )
-    if name == "python3-dnf-plugin-versionlock":  # the real plugin (Debian's dnf-plugins-core), as RHEL lays it out
+    if (
+        name == "python3-dnf-plugin-versionlock" and tooling == "dnf4"
+    ):  # the real plugin (Debian's dnf-plugins-core), as RHEL lays it out
         links[f"{PLUGIN_DIR}/versionlock.py"] = f"{STANDIN_PLUGIN_DIR}/versionlock.py"
         files["/etc/dnf/plugins/versionlock.conf"] = (VERSIONLOCK_CONF.encode(), 0o644)
         files["/etc/dnf/plugins/versionlock.list"] = (b"", 0o644)
@@ -400,6 +457,7 @@ class RpmWorld:
                 Options(), arch=Arch(arch), mirrors=mirrors, fingerprints=fingerprints, **options
             )
             self.plan = make_plan(self.distro, self.options)
+            self.tooling = TOOLING[DISTROS[distro_id]]
             self.script = render_script_text(make_environment(), self.plan)
             self.world = make_world(distro_id, self.distro, self.plan, Machine(), {}, keys)
             self.repos = self._repos()
@@ -424,7 +482,10 @@ class RpmWorld:
     def _repos(self) -> dict[str, RepoBuild]:
         archive_key = self.keys.key(ARCHIVE)
         repos = {
-            ARCHIVE: RepoBuild(ARCHIVE, f"/{ARCHIVE}", None, archive_key.fingerprint, False, True),
+            # The distribution signs its packages, and SUSE its metadata too (zypper refuses unsigned repomd.xml).
+            ARCHIVE: RepoBuild(
+                ARCHIVE, f"/{ARCHIVE}", None, archive_key.fingerprint, self.tooling.name == "zypper", True
+            ),
         }
         by_url = {url: info for url, info in self.world["repos"].items()}
         for repo in self.plan.repos:
@@ -439,7 +500,7 @@ class RpmWorld:
             )
         for pkg in self.world["packages"]:
             target = repos[pkg["repo"]]
-            target.specs.append(spec_from_world(pkg, target.name))
+            target.specs.append(spec_from_world(pkg, target.name, self.tooling.name))
         os_id = self.distro.os_id
         major = self.distro.version_id.split(".")[0]
         release_name = RELEASE_PACKAGE.get(os_id, "system-release")
@@ -595,21 +656,26 @@ class RpmWorld:
         if build.signs_metadata:
             self.sign_metadata(repo, build.signer)
 
-    def archive_repo_file(self) -> str:
-        return (
+    def archive_repo_file(self) -> tuple[str, str]:
+        """(path, text) of the repository file for the distribution's own (stand-in) repository."""
+        text = (
             "# STAND-IN for the distribution's own repositories, written by bakegen's tests\n"
             f"[{ARCHIVE_REPO_ID}]\nname=Distribution packages (stand-in)\n"
             f"baseurl={self.server.base_url}/{ARCHIVE}\nenabled=1\ngpgcheck=1\ngpgkey=file://{ARCHIVE_KEY}\n"
         )
+        if self.tooling.name == "zypper":
+            return f"/etc/zypp/repos.d/{ARCHIVE_REPO_ID}.repo", text + "autorefresh=1\ntype=rpm-md\n"
+        return f"/etc/yum.repos.d/{ARCHIVE_REPO_ID}.repo", text
 
     def os_release(self) -> str:
         version = str(self.world["_os_version_id"])
         os_id = self.distro.os_id
         major = version.split(".")[0]
-        platform = "al2023" if os_id == "amzn" else f"el{major}"
+        platform = {"amzn": "al2023", "fedora": f"f{major}", "sles": ""}.get(os_id, f"el{major}")
         return (
-            f'NAME="{self.distro.name}"\nID="{os_id}"\nVERSION_ID="{version}"\nPLATFORM_ID="platform:{platform}"\n'
-            f'PRETTY_NAME="{self.distro.name} (bakegen STAND-IN root filesystem)"\n'
+            f'NAME="{self.distro.name}"\nID="{os_id}"\nVERSION_ID="{version}"\n'
+            + (f'PLATFORM_ID="platform:{platform}"\n' if platform else "")
+            + f'PRETTY_NAME="{self.distro.name} (bakegen STAND-IN root filesystem)"\n'
         )
 
 
@@ -617,8 +683,8 @@ class RpmWorld:
 # the target
 
 
-def rootfs_tarball() -> Path:
-    return build_rootfs("bookworm", extra_packages=ROOTFS_PACKAGES)
+def rootfs_tarball(tooling: Tooling) -> Path:
+    return build_rootfs(tooling.release, extra_packages=tooling.packages)
 
 
 class RpmTarget:
@@ -626,7 +692,8 @@ class RpmTarget:
 
     def __init__(self, world: RpmWorld, workdir: Path) -> None:
         self.world = world
-        self.chroot = Chroot(rootfs_tarball(), workdir=workdir)
+        self.tooling = world.tooling
+        self.chroot = Chroot(rootfs_tarball(world.tooling), workdir=workdir)
 
     def __enter__(self) -> RpmTarget:
         self.chroot.__enter__()
@@ -641,17 +708,17 @@ class RpmTarget:
         self.chroot.close()
 
     def _dress(self) -> None:
-        c, world = self.chroot, self.world
+        c, world, tooling = self.chroot, self.world, self.tooling
         for path in ("etc/os-release", "usr/lib/os-release"):  # Debian's is a link to usr/lib/os-release
             (c.root / path).unlink(missing_ok=True)
         c.write_text("/etc/os-release", world.os_release())
-        c.write_text(
-            "/etc/rpm/macros",
-            "# the target's rpm database (Debian's rpm keeps it in ~/.rpmdb)\n%_dbpath /var/lib/rpm\n",
-        )
-        c.write_text("/etc/dnf/dnf.conf", DNF_CONF)
+        c.write_text("/etc/rpm/macros", f"# the target's rpm database (not Debian's)\n%_dbpath {tooling.dbpath}\n")
+        if tooling.dbpath != "/var/lib/rpm":
+            (c.root / "var/lib/rpm").mkdir(parents=True, exist_ok=True)
+            (c.root / "var/lib/rpm").rmdir()
+            (c.root / "var/lib/rpm").symlink_to("../../usr/lib/sysimage/rpm")
         c.write_text(ARCHIVE_KEY, world.keys.key(ARCHIVE).armored.decode())
-        c.write_text(f"/etc/yum.repos.d/{ARCHIVE_REPO_ID}.repo", world.archive_repo_file())
+        c.write_text(*world.archive_repo_file())
         c.write_text("/usr/bin/dracut", (STANDIN_FILES / "dracut").read_text(), mode=0o755)
         c.install_ca(world.server.ca_pem, "bakegen-standin")
         kernel = world.image_kernel
@@ -661,20 +728,28 @@ class RpmTarget:
         past = 1_600_000_000  # the image was built long before this run
         for path in (f"/boot/vmlinuz-{kernel}", f"/boot/initramfs-{kernel}.img"):
             os.utime(c.host_path(path), (past, past))
+        steps = [f"mkdir -p {tooling.dbpath} && rpm --initdb"]
+        if tooling.name == "dnf4":
+            c.write_text("/etc/dnf/dnf.conf", DNF_CONF)
+            steps.append(
+                f"mkdir -p {STANDIN_PLUGIN_DIR} && cd {PLUGIN_DIR}"
+                f" && mv {' '.join(NOT_ON_TARGET_PLUGINS)} {STANDIN_PLUGIN_DIR}/ && cd /"
+                " && rm -f /etc/dnf/plugins/versionlock.* /etc/dnf/plugins/local.conf"
+                " /etc/dnf/plugins/post-transaction-actions.conf"
+            )
+        elif tooling.name == "dnf5":
+            c.write_text("/etc/dnf/dnf.conf", "[main]\n")
+            # Debian's libdnf5 ships the local plugin, a package of its own on Fedora that images do not have.
+            c.write_text("/etc/dnf/libdnf5-plugins/local.conf", "[main]\nname = local\nenabled = 0\n")
+            (c.root / "usr/bin/dnf").symlink_to("dnf5")  # as Fedora's dnf5 package links it
         image_packages = [
             *sorted(world.world["_installed"]),
             RELEASE_PACKAGE.get(world.distro.os_id, "system-release"),
             "bash",
         ]
-        c.run(
-            f"mkdir -p /var/lib/rpm {STANDIN_PLUGIN_DIR} && rpm --initdb"
-            f" && cd {PLUGIN_DIR} && mv {' '.join(NOT_ON_TARGET_PLUGINS)} {STANDIN_PLUGIN_DIR}/ && cd /"
-            " && rm -f /etc/dnf/plugins/versionlock.* /etc/dnf/plugins/local.conf"
-            " /etc/dnf/plugins/post-transaction-actions.conf"
-            f" && rpm --import {ARCHIVE_KEY}"
-            f" && dnf -y -q --setopt=install_weak_deps=False install {' '.join(image_packages)}"
-        )
-        c.run(["dnf", "-q", "clean", "all"])
+        steps += [f"rpm --import {ARCHIVE_KEY}", f"{tooling.install} {' '.join(image_packages)}"]
+        c.run(" && ".join(steps))
+        c.run("zypper --quiet clean --all" if tooling.name == "zypper" else f"{tooling.name.rstrip('4')} -q clean all")
 
     def run_script(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         c = self.chroot
