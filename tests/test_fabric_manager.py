@@ -89,15 +89,16 @@ def machine(base: Path, keys: KeyRing, distro: str, spec: Machine, **options: ob
 
 def test_hgx_gets_it_at_the_drivers_version_and_started(keys: KeyRing, machine_dir: Path) -> None:
     """A running HGX H200 (an H200 and four NVSwitches on the PCI bus): installed at the driver's exact version,
-    held by the driver's module stream, enabled, started now that the driver is loaded; the second run leaves it
-    running and changes nothing."""
+    locked at that version as the driver is (dnf versionlock: NVIDIA's fabric manager is no module stream artifact),
+    enabled, started now that the driver is loaded; the second run leaves it running and changes nothing."""
     with machine(machine_dir, keys, "rhel9", Machine(booted=True, gpu=True, nvswitches=4)) as fake:
         first, second = fake.run(), fake.run()
     assert first.rc == 0, first.stderr[-3000:]
     lines = [c.line() for c in first.actions()]
     install = next(i for i, line in enumerate(lines) if line.endswith("install nvidia-fabricmanager-580.159.04"))
     assert lines.index("systemctl restart nvidia-fabricmanager.service") > install, lines
-    assert "fabric-manager: held by its module stream nvidia-driver:580-open" in first.stderr
+    locks = {lock["name"]: lock["evr"] for lock in first.state_after.get("versionlock", [])}
+    assert locks.get("nvidia-fabricmanager", "").startswith("0:580.159.04-"), locks
     assert first.state_after["installed"]["nvidia-fabricmanager"]["version"].startswith("580.159.04-")
     assert "nvidia-fabricmanager.service" in first.state_after.get("active_units", []), first.state_after
     changed = {c.path for c in first.changes}

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.rpmhost import DISTROS, RpmTarget, RpmWorld
+from tests.support.rpmhost import DISTROS, RpmSpec, RpmTarget, RpmWorld
 from tests.support.trace import KeyRing
 
 pytestmark = [
@@ -225,6 +225,78 @@ def test_dnf_upgrade_keeps_a_pinned_toolkit_and_the_drivers_branch(keys: KeyRing
         # The control: without the locks, the same upgrade takes the newer toolkit.
         target.chroot.run("dnf -q versionlock clear && dnf -y -q upgrade")
         assert target.installed()["nvidia-container-toolkit"] == "0:1.18.1-1"
+
+
+def newer_driver_release(world: RpmWorld, version: str) -> list[RpmSpec]:
+    """The branch's driver and fabric manager at a newer VERSION, as NVIDIA would publish them (in the stream)."""
+    return [
+        dataclasses.replace(spec, version=version)
+        for spec in world.repos["cuda"].specs
+        if spec.name in {"nvidia-open", "nvidia-fabricmanager"} and spec.version.startswith("580.")
+    ]
+
+
+def test_the_driver_is_held_at_its_version_until_a_rerun_asks_for_another(keys: KeyRing, tmp_path: Path) -> None:
+    with RpmWorld("rhel9", ARCH, keys, tmp_path) as world, RpmTarget(world, tmp_path) as target:
+        assert target.run_script().returncode == 0
+        first = target.installed()
+        assert first["nvidia-fabricmanager"].endswith(first["nvidia-open"].split(":")[1].split("-")[0] + "-1.el9")
+        # NVIDIA publishes a newer release of the branch, in the branch's module stream.
+        world.publish_more("cuda", newer_driver_release(world, "580.200.01"))
+        target.chroot.run("dnf -y -q upgrade --refresh")
+        held = target.installed()
+        assert (held["nvidia-open"], held["nvidia-fabricmanager"]) == (
+            first["nvidia-open"],
+            first["nvidia-fabricmanager"],
+        )
+
+        # The deliberate way: the script generated with the new --driver-version releases the locks, installs it
+        # (with its fabric manager) and locks that.
+        script = world.render(driver_version="580.200.01")
+        rerun = target.run_script(script=script)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert "another version of nvidia-open asked for: releasing the version locks of" in rerun.stderr
+        after = target.installed()
+        assert after["nvidia-open"] == "3:580.200.01-1.el9" and after["nvidia-fabricmanager"] == "0:580.200.01-1.el9"
+        locks = target.query("dnf -q versionlock list")
+        assert "nvidia-open-3:580.200.01-1.el9.*" in locks and "580.159.04" not in locks, locks
+        assert_consistent(target)
+        world.server.clear_requests()
+        again = target.run_script(script=script)
+        assert again.returncode == 0 and world.server.requests == []
+
+        # The control: without the locks, the stream alone lets an upgrade change the driver under the module.
+        world.publish_more("cuda", newer_driver_release(world, "580.210.05"))
+        target.chroot.run("dnf -q versionlock clear && dnf -y -q upgrade --refresh")
+        assert target.installed()["nvidia-open"] == "3:580.210.05-1.el9"
+
+
+def test_sles_keeps_the_locked_driver_until_a_rerun_asks_for_another(keys: KeyRing, tmp_path: Path) -> None:
+    with RpmWorld("sles15", ARCH, keys, tmp_path) as world, RpmTarget(world, tmp_path) as target:
+        assert target.run_script().returncode == 0
+        first = target.installed()["nvidia-open"]
+        world.publish_more("cuda", newer_driver_release(world, "580.200.01"))
+        target.chroot.run(
+            "zypper --non-interactive --quiet refresh && zypper --non-interactive update"
+        )
+        assert target.installed()["nvidia-open"] == first
+        rerun = target.run_script(script=world.render(driver_version="580.200.01"))
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert target.installed()["nvidia-open"] == "3:580.200.01-1.sles15"
+        assert "nvidia-open" in target.query("zypper --quiet locks")
+        assert_consistent(target)
+
+
+def test_fedoras_dnf_automatic_leaves_the_locked_driver_alone(keys: KeyRing, tmp_path: Path) -> None:
+    # dnf5's own `dnf automatic` (Fedora's dnf5-plugin-automatic), as its timer runs it: install the updates.
+    with RpmWorld("fedora43", ARCH, keys, tmp_path) as world, RpmTarget(world, tmp_path) as target:
+        assert target.run_script().returncode == 0
+        first = target.installed()["nvidia-open"]
+        world.publish_more("cuda", newer_driver_release(world, "580.200.01"))
+        target.chroot.run("dnf -q automatic --installupdates --refresh")
+        assert target.installed()["nvidia-open"] == first
+        target.chroot.run("dnf -q versionlock clear && dnf -q automatic --installupdates")
+        assert target.installed()["nvidia-open"] != first  # the control: without the lock it moves
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -207,7 +207,8 @@ class RpmSpec:
             f"cp -a {payload}/. %{{buildroot}}/",
             "",
             "%files",
-            *sorted({*self.files, *self.links}),
+            # What a package puts under /etc is configuration, as the vendors mark it (rpm -V tells it apart).
+            *(f"%config(noreplace) {p}" if p.startswith("/etc/") else p for p in sorted({*self.files, *self.links})),
         ]
         if self.post:
             lines += ["", "%post", self.post]
@@ -299,11 +300,12 @@ def spec_from_world(pkg: Mapping[str, Any], repo: str, tooling: str = "dnf4") ->
 
 def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
     """rpmbuild `spec` into out_dir; cached by content under the test cache."""
+    # Keyed by the spec file as written (every field, how it is written) and the payload's bytes and modes.
     digest = hashlib.sha256(
-        json.dumps(
-            [dataclasses.astuple(dataclasses.replace(spec, files={}, links={}, repo="")), sorted(spec.links.items())]
-        ).encode()
+        spec.spec_text(Path("/payload")).encode()
+        + json.dumps(sorted(spec.links.items())).encode()
         + b"".join(p.encode() + b"\0" + c + str(m).encode() for p, (c, m) in sorted(spec.files.items()))
+        + " ".join(RPMBUILD_DEFINES).encode()
     ).hexdigest()[:16]
     cache = default_cache_dir() / "rpm-standins" / digest
     filename = f"{spec.name}-{spec.version}-{spec.release}.{spec.arch}.rpm"
@@ -468,6 +470,11 @@ class RpmWorld:
 
     def close(self) -> None:
         self.server.close()
+
+    def render(self, **options: Any) -> str:
+        """The script generated for these repositories with other options (e.g. a new --driver-version)."""
+        changed = dataclasses.replace(self.options, **options)
+        return render_script_text(make_environment(), make_plan(self.distro, changed))
 
     def __enter__(self) -> RpmWorld:
         return self
@@ -751,9 +758,12 @@ class RpmTarget:
         c.run(" && ".join(steps))
         c.run("zypper --quiet clean --all" if tooling.name == "zypper" else f"{tooling.name.rstrip('4')} -q clean all")
 
-    def run_script(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def run_script(
+        self, *args: str, script: str | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the world's script (or SCRIPT, another one generated for it) with ARGS."""
         c = self.chroot
-        c.write_text(SCRIPT, self.world.script, mode=0o755)
+        c.write_text(SCRIPT, script or self.world.script, mode=0o755)
         started = time.monotonic()
         result = c.run(["/bin/bash", SCRIPT, *args], check=False, timeout=timeout)
         result.elapsed = time.monotonic() - started  # type: ignore[attr-defined]

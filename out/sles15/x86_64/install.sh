@@ -336,14 +336,17 @@ secure_boot_enabled() {
 # Install package specs (NAME, NAME=VERSION or NAME=BRANCH.* for any version of a driver branch) not yet
 # installed at that version. Sets CHANGED.
 pm_install() {
-  local spec name want have_version missing=()
+  local spec name want have_version missing=() changing=()
   for spec in "$@"; do
     name=${spec%%=*}
     want=${spec#*=}
     if [ "$want" = "$spec" ]; then want=; fi
     have_version=$(pkg_version "$name")
-    if [ -z "$have_version" ] || { [ -n "$want" ] && ! version_matches "$have_version" "$want"; }; then
+    if [ -z "$have_version" ]; then
       missing+=("$spec")
+    elif [ -n "$want" ] && ! version_matches "$have_version" "$want"; then
+      missing+=("$spec")
+      changing+=("$name")
     fi
   done
   if [ "${#missing[@]}" -eq 0 ]; then
@@ -351,6 +354,8 @@ pm_install() {
     CHANGED=0
     return 0
   fi
+  # Installed at another version than asked for: a deliberate change, which the holds would refuse.
+  if [ "${#changing[@]}" -gt 0 ]; then pm_release_holds "${changing[@]}"; fi
   pm_install_missing "${missing[@]}" || die "$EX_NETWORK" "could not install ${missing[*]}"
   CHANGED=1
 }
@@ -522,6 +527,19 @@ pm_install_missing() {
 # repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK METADATA_CHECK; zypper's pkg_gpgcheck follows gpgcheck.
 repo_add() {
   rpm_repo_add "/etc/zypp/repos.d/$1.repo" zypper_refresh_repo "$@" "$(printf 'autorefresh=1\ntype=rpm-md\npkg_gpgcheck=%s\n' "$6")"
+}
+
+# A deliberate change of version (a rerun with a new --driver-version or --toolkit-version): zypper refuses to change
+# a locked package, so the locks of PKG... are removed first; pm_hold_installed locks them again.
+pm_release_holds() {
+  local pkg locked=()
+  for pkg in "$@"; do
+    if grep -qw -- "$pkg" <<<"$(zypper --quiet locks 2>/dev/null)"; then locked+=("$pkg"); fi
+  done
+  if [ "${#locked[@]}" -gt 0 ]; then
+    log "another version of $* asked for: removing the zypper locks of ${locked[*]}"
+    run "${ZYPPER[@]}" removelock "${locked[@]}"
+  fi
 }
 
 pm_hold_installed() {

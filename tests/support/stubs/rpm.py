@@ -408,6 +408,16 @@ def _dnf_versionlock(ctx: Ctx, rest: list[str]) -> int:
         return 0
     if words[0] == "add":
         for spec in words[1:]:
+            # dnf 4 (versionlock.py, _search_locklist): a pattern that an existing entry matches adds nothing, even
+            # for installed packages that entry does not cover (seen with the real dnf 4.14 in the rpm harness).
+            entries = [f"{lock['name']}-{lock['evr']}.*" for lock in locks]
+            covered = [
+                e for e, lock in zip(entries, locks, strict=True) if fnmatch.fnmatch(e, spec) or lock["name"] == spec
+            ]
+            if covered and not dnf5:
+                for entry in covered:
+                    err(f"Package already locked in equivalent form: {entry}")
+                continue
             found = _match(installed_pkgs(ctx), spec)
             if not found:
                 err(f'No package found for "{spec}".')

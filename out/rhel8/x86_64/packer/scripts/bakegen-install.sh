@@ -337,14 +337,17 @@ secure_boot_enabled() {
 # Install package specs (NAME, NAME=VERSION or NAME=BRANCH.* for any version of a driver branch) not yet
 # installed at that version. Sets CHANGED.
 pm_install() {
-  local spec name want have_version missing=()
+  local spec name want have_version missing=() changing=()
   for spec in "$@"; do
     name=${spec%%=*}
     want=${spec#*=}
     if [ "$want" = "$spec" ]; then want=; fi
     have_version=$(pkg_version "$name")
-    if [ -z "$have_version" ] || { [ -n "$want" ] && ! version_matches "$have_version" "$want"; }; then
+    if [ -z "$have_version" ]; then
       missing+=("$spec")
+    elif [ -n "$want" ] && ! version_matches "$have_version" "$want"; then
+      missing+=("$spec")
+      changing+=("$name")
     fi
   done
   if [ "${#missing[@]}" -eq 0 ]; then
@@ -352,6 +355,8 @@ pm_install() {
     CHANGED=0
     return 0
   fi
+  # Installed at another version than asked for: a deliberate change, which the holds would refuse.
+  if [ "${#changing[@]}" -gt 0 ]; then pm_release_holds "${changing[@]}"; fi
   pm_install_missing "${missing[@]}" || die "$EX_NETWORK" "could not install ${missing[*]}"
   CHANGED=1
 }
@@ -559,31 +564,47 @@ pm_install_missing() {
 # repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK METADATA_CHECK
 repo_add() { rpm_repo_add "/etc/yum.repos.d/$1.repo" dnf_refresh_repo "$@" ""; }
 
-# Hold installed packages: a module stream already holds the driver's branch (and its fabric manager's); anything
-# else (the driver without streams, a pinned toolkit) is held with dnf versionlock.
+# Whether dnf's version lock list has an entry for package NAME (dnf 4: NAME-EPOCH:VERSION-RELEASE.*; dnf5:
+# "Package name: NAME").
+dnf_locked() { grep -Eq "^($1-[0-9]+:|Package name: $1\$)" <<<"$(dnf -q versionlock list 2>/dev/null)"; }
+
+# Hold installed packages with dnf versionlock. The driver and its fabric manager: NVIDIA's version lock (driver
+# installation guide, "Version locking"; evidence driver.versionlock), every installed package of the branch at its
+# installed version, also where a module stream holds the branch: a stream alone lets an update within the branch
+# (dnf upgrade, dnf-automatic, which applies dnf's plugins) change user space under the loaded module. A rerun with a
+# new --driver-version releases these locks first (pm_release_holds). A pinned toolkit is locked by name.
 pm_hold_installed() {
   local name=$1; shift
-  if [ -n "$DRIVER_MODULE_STREAM" ] && { [ "$name" = nvidia-driver ] || [ "$name" = fabric-manager ]; }; then
-    log "$name: held by its module stream $DRIVER_MODULE_STREAM"
-    return 0
-  fi
-  if [ "$name" = nvidia-driver ]; then
-    # NVIDIA's version lock (driver installation guide, "Version locking"; evidence driver.versionlock): every
-    # installed package of the branch, not only the ones named here.
-    if grep -q ":$DRIVER_BRANCH\." <<<"$(dnf -q versionlock list 2>/dev/null)"; then
-      log "$name already held"
-    else
-      run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"
-    fi
-    return 0
-  fi
   local pkg held=()
   for pkg in "$@"; do
-    if [ -n "$(pkg_version "$pkg")" ] && ! grep -Eq "^($pkg-[0-9]|Package name: $pkg\$)" <<<"$(dnf -q versionlock list 2>/dev/null)"; then
-      held+=("$pkg")
-    fi
+    if [ -n "$(pkg_version "$pkg")" ] && ! dnf_locked "$pkg"; then held+=("$pkg"); fi
   done
-  if [ "${#held[@]}" -gt 0 ]; then run dnf -q versionlock add "${held[@]}"; else log "$name already held"; fi
+  if [ "${#held[@]}" -eq 0 ]; then log "$name already held"; return 0; fi
+  if [ "$name" = nvidia-driver ]; then run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"; fi
+  # By name too: dnf 4's versionlock adds nothing for a pattern that an entry already matches (versionlock.py,
+  # _search_locklist), so a package installed after the driver's lock (the fabric manager) needs its own.
+  local unlocked=()
+  for pkg in "${held[@]}"; do dnf_locked "$pkg" || unlocked+=("$pkg"); done
+  if [ "${#unlocked[@]}" -gt 0 ]; then run dnf -q versionlock add "${unlocked[@]}"; fi
+}
+
+# A deliberate change of version (a rerun with a new --driver-version or --toolkit-version): the version locks of
+# the installed PKG... are released, with every lock at the same version (the driver's siblings locked by NVIDIA's
+# pattern, its fabric manager), so that dnf may install the version asked for; pm_hold_installed locks that then.
+pm_release_holds() {
+  local pkg have names=()
+  for pkg in "$@"; do
+    have=$(pkg_version "$pkg")
+    [ -n "$have" ] || continue
+    mapfile -t -O "${#names[@]}" names < <(dnf -q versionlock list 2>/dev/null | awk -v v="${have%%-*}" '
+      /^Package name: / { name = $3; next }
+      /^evr = / { if (index($3, ":" v "-") || index($3, v "-") == 1) print name; next }
+      index($0, ":" v "-") { sub(/-[0-9]+:.*/, ""); print }')
+  done
+  if [ "${#names[@]}" -gt 0 ]; then
+    log "another version of $* asked for: releasing the version locks of ${names[*]}"
+    run dnf -q versionlock delete "${names[@]}"
+  fi
 }
 
 driver_install_packages() {

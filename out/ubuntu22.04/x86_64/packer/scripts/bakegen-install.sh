@@ -337,14 +337,17 @@ secure_boot_enabled() {
 # Install package specs (NAME, NAME=VERSION or NAME=BRANCH.* for any version of a driver branch) not yet
 # installed at that version. Sets CHANGED.
 pm_install() {
-  local spec name want have_version missing=()
+  local spec name want have_version missing=() changing=()
   for spec in "$@"; do
     name=${spec%%=*}
     want=${spec#*=}
     if [ "$want" = "$spec" ]; then want=; fi
     have_version=$(pkg_version "$name")
-    if [ -z "$have_version" ] || { [ -n "$want" ] && ! version_matches "$have_version" "$want"; }; then
+    if [ -z "$have_version" ]; then
       missing+=("$spec")
+    elif [ -n "$want" ] && ! version_matches "$have_version" "$want"; then
+      missing+=("$spec")
+      changing+=("$name")
     fi
   done
   if [ "${#missing[@]}" -eq 0 ]; then
@@ -352,6 +355,8 @@ pm_install() {
     CHANGED=0
     return 0
   fi
+  # Installed at another version than asked for: a deliberate change, which the holds would refuse.
+  if [ "${#changing[@]}" -gt 0 ]; then pm_release_holds "${changing[@]}"; fi
   pm_install_missing "${missing[@]}" || die "$EX_NETWORK" "could not install ${missing[*]}"
   CHANGED=1
 }
@@ -463,6 +468,10 @@ repo_add() {
     fi
   fi
 }
+
+# apt's holds are pins by version pattern, rewritten for the version asked for before installing (pm_hold_globs):
+# nothing to release for a deliberate change of version.
+pm_release_holds() { :; }
 
 # Hold packages matching GLOBS at VERSION (a glob such as 580.*) against upgrades, unattended-upgrades
 # included, before they are installed: pm_hold_globs NAME VERSION GLOB...
