@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.rpmhost import DISTROS, RpmSpec, RpmTarget, RpmWorld
+from tests.support.rpmhost import ARCHIVE, DISTROS, RpmSpec, RpmTarget, RpmWorld, kernel_packages
 from tests.support.trace import KeyRing
 
 pytestmark = [
@@ -276,9 +276,7 @@ def test_sles_keeps_the_locked_driver_until_a_rerun_asks_for_another(keys: KeyRi
         assert target.run_script().returncode == 0
         first = target.installed()["nvidia-open"]
         world.publish_more("cuda", newer_driver_release(world, "580.200.01"))
-        target.chroot.run(
-            "zypper --non-interactive --quiet refresh && zypper --non-interactive update"
-        )
+        target.chroot.run("zypper --non-interactive --quiet refresh && zypper --non-interactive update")
         assert target.installed()["nvidia-open"] == first
         rerun = target.run_script(script=world.render(driver_version="580.200.01"))
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -297,6 +295,31 @@ def test_fedoras_dnf_automatic_leaves_the_locked_driver_alone(keys: KeyRing, tmp
         assert target.installed()["nvidia-open"] == first
         target.chroot.run("dnf -q versionlock clear && dnf -q automatic --installupdates")
         assert target.installed()["nvidia-open"] != first  # the control: without the lock it moves
+
+
+def test_a_kernel_update_gets_its_module_or_is_recorded_without_one(keys: KeyRing, tmp_path: Path) -> None:
+    """A new kernel installed by dnf: its %posttrans runs the real kernel-install (systemd's, in the bookworm tree),
+    whose plugins are DKMS's (stand-in: it builds where the build tree is) and bakegen's guard."""
+    with RpmWorld("rhel9", ARCH, keys, tmp_path) as world, RpmTarget(world, tmp_path) as target:
+        assert target.run_script().returncode == 0
+        with_devel, without = "5.14.0-570.62.1.el9_6", "5.14.0-570.70.1.el9_6"
+        world.publish_more(ARCHIVE, [*kernel_packages(with_devel, ARCH), *kernel_packages(without, ARCH, devel=False)])
+        target.chroot.run(f"dnf -y -q --refresh install kernel-core-{with_devel} kernel-devel-{with_devel}")
+        assert target.chroot.exists(f"/lib/modules/{with_devel}.{ARCH}/extra/nvidia.ko")
+        state = json.loads(target.chroot.read_text("/var/lib/bakegen/kernel-guard.json"))
+        assert (state["kernel"], state["module"]) == (f"{with_devel}.{ARCH}", True), state
+
+        # No build tree can be had for this one: the guard records it and lets the kernel's transaction finish.
+        done = target.chroot.run(f"dnf -y -q install kernel-core-{without}", check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        log = target.chroot.read_text("/var/log/bakegen.log")
+        assert f"bakegen-kernel-guard: ERROR: no NVIDIA kernel module for kernel {without}.{ARCH}" in log
+        state = json.loads(target.chroot.read_text("/var/lib/bakegen/kernel-guard.json"))
+        assert (state["kernel"], state["module"]) == (f"{without}.{ARCH}", False), state
+        assert not target.chroot.exists(f"/lib/modules/{without}.{ARCH}/extra/nvidia.ko")
+        kernels = target.query("rpm -q kernel-core").split()
+        assert kernels == [f"kernel-core-{with_devel}.{ARCH}", f"kernel-core-{without}.{ARCH}"], kernels
+        assert_consistent(target)
 
 
 # ---------------------------------------------------------------------------------------------------------

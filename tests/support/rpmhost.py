@@ -179,6 +179,7 @@ class RpmSpec:
     files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict)  # path -> (content, mode)
     links: Mapping[str, str] = field(default_factory=dict)  # path -> target
     post: str = ""
+    posttrans: str = ""
     stream: str | None = None
 
     @property
@@ -212,6 +213,8 @@ class RpmSpec:
         ]
         if self.post:
             lines += ["", "%post", self.post]
+        if self.posttrans:
+            lines += ["", "%posttrans", self.posttrans]
         return "\n".join(lines) + "\n"
 
 
@@ -276,6 +279,12 @@ def spec_from_world(pkg: Mapping[str, Any], repo: str, tooling: str = "dnf4") ->
         links[f"{PLUGIN_DIR}/versionlock.py"] = f"{STANDIN_PLUGIN_DIR}/versionlock.py"
         files["/etc/dnf/plugins/versionlock.conf"] = (VERSIONLOCK_CONF.encode(), 0o644)
         files["/etc/dnf/plugins/versionlock.list"] = (b"", 0o644)
+    if name == "dkms":  # DKMS's kernel-install plugin, as dkms 3.x ships it: build for a kernel being added
+        files["/usr/lib/kernel/install.d/40-dkms.install"] = (
+            b"#!/bin/sh\n# STAND-IN for dkms's kernel-install plugin (bakegen tests)\n"
+            b'[ "$1" = add ] && dkms autoinstall -k "$2"\nexit 0\n',
+            0o755,
+        )
     if name == "libnvidia-container-tools":
         cli = CLI_STANDIN.read_text().replace("@VERSION@", f"{version}-{release}")
         files["/usr/bin/nvidia-container-cli"] = (cli.encode(), 0o755)
@@ -296,6 +305,25 @@ def spec_from_world(pkg: Mapping[str, Any], repo: str, tooling: str = "dnf4") ->
         post=post,
         stream=pkg.get("stream"),
     )
+
+
+def kernel_packages(kernel_vr: str, arch: str, *, devel: bool = True) -> list[RpmSpec]:
+    """A new kernel as the RHEL family packages it: kernel-core, whose %posttrans runs `kernel-install add` (as
+    Fedora's and RHEL's kernel.spec do), and, with DEVEL, its build tree (kernel-devel). Stand-ins: no real kernel."""
+    kernel = f"{kernel_vr}.{arch}"
+    version, release = _split_version(kernel_vr)
+    core = RpmSpec(
+        "kernel-core",
+        version,
+        release,
+        arch,
+        ARCHIVE,
+        files={f"/lib/modules/{kernel}/vmlinuz": (f"STAND-IN kernel image {kernel}\n".encode(), 0o644)},
+        provides=("installonlypkg(kernel)",),  # installed beside the others, as dnf does with kernels
+        posttrans=f"/bin/kernel-install add {kernel} /lib/modules/{kernel}/vmlinuz || exit $?",
+    )
+    devel = {"name": "kernel-devel", "version": kernel_vr, "arch": arch, "headers": kernel}
+    return [core, spec_from_world(devel, ARCHIVE)] if devel else [core]
 
 
 def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
