@@ -1,12 +1,14 @@
-"""Generated rpm scripts run by the REAL package managers: dnf 4 in a Debian root filesystem dressed as the target.
+"""Generated rpm scripts run by the REAL package managers, from Debian's archive, in root filesystems dressed as
+the targets (docs/rpm-tests.md): dnf 4 with rpm 4.18 (bookworm tree) for the RHEL family and Amazon Linux 2023, dnf5
+with rpm 6.1 (sid tree) for Fedora 43, zypper with rpm 4.20 (trixie tree) for SLES 15.
 
-What is real here: Debian 12's dnf 4.14 with libdnf (module streams through libmodulemd), librepo (repo_gpgcheck
-through gpgme), libsolv and the versionlock plugin; rpm 4.18 (its database, signature checks, scriptlets); gpg,
-curl, systemctl. The repositories are real repositories: built with rpmbuild, createrepo_c and modifyrepo_c,
-packages signed with rpmsign and repomd.xml with gpg, exactly where the vendor evidence says the vendor signs
-(tests/support/trace.make_world reads it from distros/evidence/). NVIDIA's Container Toolkit packages are built
-with NVIDIA's own rpm spec (packaging/rpm/SPECS/nvidia-container-toolkit.spec of v1.18.1) around its real commands
-(tests/support/toolkit/).
+What is real here: the package managers with their libraries (libdnf/libdnf5 and libsolv, module streams through
+libmodulemd, librepo's repo_gpgcheck through gpgme, the versionlock plugin, libzypp), rpm (its database, signature
+checks, scriptlets, transaction lock), gpg, curl, systemctl, kernel-install. The repositories are real repositories:
+built with rpmbuild, createrepo_c and modifyrepo_c, packages signed with rpmsign and repomd.xml with gpg, exactly
+where the vendor evidence says the vendor signs (tests/support/trace.make_world reads it from distros/evidence/).
+NVIDIA's Container Toolkit packages are built with NVIDIA's own rpm spec (packaging/rpm/SPECS/
+nvidia-container-toolkit.spec of v1.18.1) around its real commands (tests/support/toolkit/).
 
 STAND-INS, each labelled as such in its package Summary and in the files it carries:
 - every other package's payload. Which packages each repository publishes for a distribution and arch, their
@@ -17,12 +19,13 @@ STAND-INS, each labelled as such in its package Summary and in the files it carr
 - NVIDIA's module metadata (modules.yaml) has the shape of NVIDIA's genmodules.py
   (github.com/NVIDIA/yum-packaging-precompiled-kmod): one modulemd document per stream with its artifacts and a
   default profile, and a modulemd-defaults document;
-- the target itself: /etc/os-release, dnf.conf, rpm's database at /var/lib/rpm (Debian's rpm keeps it in ~/.rpmdb),
-  a release package, the image's kernel (files under /lib/modules and /boot), dracut, and the distribution's own
-  repository (one, for BaseOS/AppStream or Amazon Linux's), signed by a throwaway key the image trusts already;
+- the target itself: /etc/os-release, dnf.conf, rpm's database where the target keeps it (Debian's rpm keeps it
+  elsewhere), a release package, bash and glibc as rpm sees them, the image's kernel (files under /lib/modules and
+  /boot), dracut, and the distribution's own repository (one, for BaseOS/AppStream, Amazon Linux's, Fedora's or
+  SUSE's), signed by a throwaway key the image trusts already;
 - the signing keys (throwaway, tests/support/trace.KeyRing) and the TLS certificate.
-What this cannot show: the vendors' real servers, packages and kernels; the real libnvidia-container; dnf5 and
-zypper (Fedora 43, SLES 15), which are not here yet.
+What this cannot show: the vendors' real servers, packages and kernels; the real libnvidia-container; the older
+package manager versions the targets ship; aarch64.
 """
 
 from __future__ import annotations
@@ -322,8 +325,15 @@ def kernel_packages(kernel_vr: str, arch: str, *, devel: bool = True) -> list[Rp
         provides=("installonlypkg(kernel)",),  # installed beside the others, as dnf does with kernels
         posttrans=f"/bin/kernel-install add {kernel} /lib/modules/{kernel}/vmlinuz || exit $?",
     )
-    devel = {"name": "kernel-devel", "version": kernel_vr, "arch": arch, "headers": kernel}
-    return [core, spec_from_world(devel, ARCHIVE)] if devel else [core]
+    build_tree = {"name": "kernel-devel", "version": kernel_vr, "arch": arch, "headers": kernel}
+    return [core, spec_from_world(build_tree, ARCHIVE)] if devel else [core]
+
+
+def _cache_put(source: Path, target: Path) -> None:
+    """Copy into the shared cache so that a concurrent reader never sees half a file."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copy2(source, partial)
+    os.replace(partial, target)
 
 
 def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
@@ -356,7 +366,7 @@ def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
             _rpmbuild(top, spec_file, spec.arch)
             built = next((top / "RPMS").rglob(filename))
             cache.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(built, cache / filename)
+            _cache_put(built, cache / filename)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(cache / filename, out_dir / filename)
     return out_dir / filename
@@ -399,7 +409,7 @@ def build_toolkit_rpms(version: str, release: str, arch: str, out_dir: Path) -> 
             _rpmbuild(top, spec_file, arch, defines, sources)
             cache.mkdir(parents=True, exist_ok=True)
             for filename in names.values():
-                shutil.copy2(next((top / "RPMS").rglob(filename)), cache / filename)
+                _cache_put(next((top / "RPMS").rglob(filename)), cache / filename)
     out_dir.mkdir(parents=True, exist_ok=True)
     found = {}
     for name, filename in names.items():
