@@ -388,6 +388,7 @@ def test_a_package_signed_by_another_key_is_not_installed(run_with: Any, keys: K
     assert "could not install nvidia-open" in run.stderr
     installed = target.installed()
     assert "dkms" not in installed and "nvidia-open" not in installed
+    assert target.query("dnf -q history list nvidia-open dkms 2>/dev/null").strip() == ""  # no transaction began
     assert_consistent(target)
 
 
@@ -402,6 +403,7 @@ def test_a_module_stream_that_does_not_exist_stops_the_driver_step(run_with: Any
     assert world.plan.driver is not None
     assert f"could not enable module stream {world.plan.driver.module_stream}" in run.stderr
     assert not [name for name in target.installed() if name.startswith("nvidia-")]
+    assert target.query("dnf -q history list nvidia-open 2>/dev/null").strip() == ""
     assert_consistent(target)
 
 
