@@ -492,14 +492,12 @@ zypper_refresh_repo() { "${ZYPPER[@]}" refresh --repo "$1" >/dev/null; }
 # 'nvidia-open=580.159.04' match nothing (seen with the real zypper in the rpm harness, tests/test_rpm_real.py).
 # So the edition is looked up and asked for in full.
 zypper_edition() {
-  local name=$1 want=$2
+  local name=$1 want=$2 edition
   zypper --quiet --no-refresh search --details --match-exact --type package "$name" 2>/dev/null |
-    awk -F'|' -v name="$name" -v want="$want" '
-      { n = $2; e = $4; gsub(/ /, "", n); gsub(/ /, "", e); v = e; sub(/^[0-9]+:/, "", v) }
-      n != name { next }
-      want ~ /\.\*$/ { if (index(v, substr(want, 1, length(want) - 1)) == 1) print e; next }
-      v == want || index(v, want "-") == 1 { print e }' |
-    sort -V | tail -n 1
+    awk -F'|' -v name="$name" '{ n = $2; e = $4; gsub(/ /, "", n); gsub(/ /, "", e) } n == name { print e }' |
+    while read -r edition; do
+      if version_matches "${edition#*:}" "$want"; then printf '%s\n' "$edition"; fi
+    done | sort -V | tail -n 1
 }
 
 # Install package specs (NAME, NAME=VERSION or NAME=BRANCH.*) that pm_install found missing.
@@ -529,12 +527,15 @@ repo_add() {
   rpm_repo_add "/etc/zypp/repos.d/$1.repo" zypper_refresh_repo "$@" "$(printf 'autorefresh=1\ntype=rpm-md\npkg_gpgcheck=%s\n' "$6")"
 }
 
+# Whether zypper's locks name package NAME.
+zypper_locked() { grep -qw -- "$1" <<<"$(zypper --quiet locks 2>/dev/null)"; }
+
 # A deliberate change of version (a rerun with a new --driver-version or --toolkit-version): zypper refuses to change
 # a locked package, so the locks of PKG... are removed first; pm_hold_installed locks them again.
 pm_release_holds() {
   local pkg locked=()
   for pkg in "$@"; do
-    if grep -qw -- "$pkg" <<<"$(zypper --quiet locks 2>/dev/null)"; then locked+=("$pkg"); fi
+    if zypper_locked "$pkg"; then locked+=("$pkg"); fi
   done
   if [ "${#locked[@]}" -gt 0 ]; then
     log "another version of $* asked for: removing the zypper locks of ${locked[*]}"
@@ -546,7 +547,7 @@ pm_hold_installed() {
   local name=$1; shift
   local pkg held=()
   for pkg in "$@"; do
-    if [ -n "$(pkg_version "$pkg")" ] && ! grep -qw -- "$pkg" <<<"$(zypper --quiet locks 2>/dev/null)"; then held+=("$pkg"); fi
+    if [ -n "$(pkg_version "$pkg")" ] && ! zypper_locked "$pkg"; then held+=("$pkg"); fi
   done
   if [ "${#held[@]}" -gt 0 ]; then run "${ZYPPER[@]}" addlock "${held[@]}"; else log "$name already held"; fi
 }
