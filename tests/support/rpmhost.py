@@ -611,18 +611,27 @@ class RpmWorld:
             rpms = sorted(packages.glob("*.rpm")) if packages.is_dir() else []
             if repo.signs_packages and rpms:
                 self._sign_rpms(rpms, repo.signer)
-            _run(["createrepo_c", "--quiet", "--no-database", str(folder)])
-            modular = [s for s in repo.specs if s.stream]
-            if modular:
-                modules = self.workdir / f"{repo.name}-modules.yaml"
-                modules.write_text(modules_yaml(modular, self.world["module_defaults"]))
-                _run(["modifyrepo_c", "--mdtype=modules", str(modules), str(folder / "repodata")])
-            if repo.signs_metadata:
-                self.sign_metadata(repo.name, repo.signer)
+            self._index(repo.name)
             if repo.key_path:
                 key_file = www / repo.key_path.lstrip("/")
                 key_file.parent.mkdir(parents=True, exist_ok=True)
                 key_file.write_bytes(self.keys.key(repo.name).armored)
+
+    def _index(self, repo: str, keep: Callable[[RpmSpec], bool] = lambda spec: True) -> None:
+        """(Re)build a repository's metadata from its packages: createrepo_c; where the repository has module streams,
+        NVIDIA's modules.yaml (of the packages `keep` accepts) added with modifyrepo_c; repomd.xml signed where the
+        vendor signs metadata."""
+        build = self.repos[repo]
+        folder = self.server.www / build.path.lstrip("/")
+        _run(["createrepo_c", "--quiet", "--no-database", str(folder)])
+        if any(s.stream for s in build.specs):
+            modules = self.workdir / f"{repo}-modules.yaml"
+            modules.write_text(
+                modules_yaml([s for s in build.specs if s.stream and keep(s)], self.world["module_defaults"])
+            )
+            _run(["modifyrepo_c", "--mdtype=modules", str(modules), str(folder / "repodata")])
+        if build.signs_metadata:
+            self.sign_metadata(repo, build.signer)
 
     def _sign_rpms(self, rpms: list[Path], fingerprint: str) -> None:
         _run(
@@ -673,21 +682,11 @@ class RpmWorld:
         build.specs.extend(specs)
         if build.signs_packages:
             self._sign_rpms(new, build.signer)
-        _run(["createrepo_c", "--quiet", "--no-database", "--update", str(folder)])
-        if any(s.stream for s in build.specs):
-            self.republish_modules(lambda spec: True)
-        elif build.signs_metadata:
-            self.sign_metadata(repo, build.signer)
+        self._index(repo)
 
     def republish_modules(self, keep: Callable[[RpmSpec], bool]) -> None:
         """Rewrite the CUDA repository's module metadata with only the streams of the packages `keep` accepts."""
-        cuda = self.repos["cuda"]
-        repodata = self.server.www / cuda.path.lstrip("/") / "repodata"
-        modules = self.workdir / "cuda-modules-republished.yaml"
-        modules.write_text(modules_yaml([s for s in cuda.specs if s.stream and keep(s)], self.world["module_defaults"]))
-        _run(["modifyrepo_c", "--remove", "modules", str(repodata)])
-        _run(["modifyrepo_c", "--mdtype=modules", str(modules), str(repodata)])
-        self.sign_metadata("cuda", cuda.signer)
+        self._index("cuda", keep)
 
     def resign_packages(self, repo: str, fingerprint: str) -> None:
         """Sign the repository's packages with another key and rebuild its metadata (a package signed by a key the
@@ -697,9 +696,7 @@ class RpmWorld:
         rpms = sorted((folder / "Packages").glob("*.rpm"))
         _run(["rpmsign", "--delsign", *map(str, rpms)])
         self._sign_rpms(rpms, fingerprint)
-        _run(["createrepo_c", "--quiet", "--no-database", "--update", str(folder)])
-        if build.signs_metadata:
-            self.sign_metadata(repo, build.signer)
+        self._index(repo)
 
     def archive_repo_file(self) -> tuple[str, str]:
         """(path, text) of the repository file for the distribution's own (stand-in) repository."""
