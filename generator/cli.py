@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .args import ALL, Parser, generate_parser, options_from, select_distros
-from .descriptors import schema_reference
+from .descriptors import in_schema_order, schema_reference
 from .errors import BakegenError, UsageError
 from .evidence import unverified_facts, unverified_offers
 from .model import UNVERIFIED_FINGERPRINT, Arch, Distro, Format
@@ -192,7 +192,7 @@ def run_show(argv: Sequence[str]) -> int:
         raise UsageError(f"{args.distro} is an abstract parent; show one that extends it: {', '.join(children)}")
     load_distro(descriptors, args.distro)  # reports schema problems
     print(f"# {merged.display}, extends: {' -> '.join(merged.chain[1:]) or 'nothing'}")
-    print(yaml.safe_dump(merged.data, sort_keys=False, default_flow_style=False, width=120), end="")
+    print(yaml.safe_dump(in_schema_order(merged.data), sort_keys=False, default_flow_style=False, width=120), end="")
     unverified = unverified_facts(args.distro, merged.data)
     print(f"# UNVERIFIED facts (no vendor evidence confirms them; see distros/evidence/): {len(unverified) or 'none'}")
     for fact, evidence in unverified:

@@ -128,13 +128,22 @@ def schema_properties() -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(rows))
 
 
+def in_schema_order(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A merged descriptor's top-level keys in the schema's order (merging orders them by the root that set them
+    first), for people to read."""
+    order = {key: i for i, key in enumerate(_schema().get("properties", {}))}
+    return dict(sorted(data.items(), key=lambda item: order.get(item[0], len(order))))
+
+
 def schema_reference() -> str:
     """The descriptor reference (docs/descriptors.md, `bakegen show --schema`), from the schema itself."""
     lines = [
         "# Descriptor reference",
         "",
         "Generated from generator/schema/descriptor.schema.json by `bakegen show --schema` (do not edit by hand).",
-        "A descriptor states only what differs from its parent (`extends:`); `null` removes an inherited key.",
+        "A descriptor states only what differs from its parent (`extends:`); `null` removes an inherited key, and an",
+        "inherited list is edited instead of restated: `base_packages: {append: [x]}`, `{remove: [x]}`,",
+        "`{replace: {old: new}}` (in place; applied in the order remove, replace, append).",
         "`*` is any key (or any item of a list).",
         "",
         "| key | type | what it is |",
@@ -220,17 +229,58 @@ def parse_file(path: Path, display: str) -> RawDescriptor:
     return RawDescriptor(descriptor_id, path, display, data, lines)
 
 
-def deep_merge(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
-    """Child over parent: mappings merge key by key, anything else (lists too) replaces; null deletes."""
+# A child edits an inherited list instead of restating it: `base_packages: {append: [x]}`. The operations run in
+# this order; a mapping can only mean an edit where the parent's value is a list.
+LIST_EDITS = ("remove", "replace", "append")
+
+
+class ListEditError(Exception):
+    """An edit of an inherited list that cannot be made, at the key path of the edit."""
+
+    def __init__(self, path: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def deep_merge(parent: Mapping[str, Any], child: Mapping[str, Any], path: KeyPath = ()) -> dict[str, Any]:
+    """Child over parent: mappings merge key by key, anything else (lists too) replaces; null deletes; a mapping
+    of LIST_EDITS over an inherited list edits it (remove items, replace items in place, append items)."""
     merged = dict(parent)
     for key, value in child.items():
+        inherited = merged.get(key)
         if value is None:
             merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        elif isinstance(value, Mapping) and isinstance(inherited, list):
+            merged[key] = _edit_list(inherited, value, (*path, key))
+        elif isinstance(value, Mapping) and value and set(value) <= set(LIST_EDITS) and inherited is None:
+            raise ListEditError((*path, key), f"edits an inherited list, but no parent sets {key}")
+        elif isinstance(value, Mapping) and isinstance(inherited, Mapping):
+            merged[key] = deep_merge(inherited, value, (*path, key))
         else:
             merged[key] = value
     return merged
+
+
+def _edit_list(items: list[Any], edits: Mapping[str, Any], path: KeyPath) -> list[Any]:
+    unknown = sorted(set(edits) - set(LIST_EDITS))
+    if unknown:
+        raise ListEditError((*path, unknown[0]), f"an inherited list is edited with {', '.join(LIST_EDITS)} only")
+    removed, replaced, appended = (edits.get(operation) for operation in LIST_EDITS)
+    for operation, argument, form in (
+        ("remove", removed, list),
+        ("replace", replaced, Mapping),
+        ("append", appended, list),
+    ):
+        if argument is not None and not isinstance(argument, form):
+            what = "a mapping of old: new items" if form is Mapping else "a list of items"
+            raise ListEditError((*path, operation), f"{operation} takes {what}")
+        missing = [old for old in argument or () if old not in items] if operation != "append" else []
+        if missing:
+            raise ListEditError((*path, operation), f"{missing[0]!r} is not in the inherited list {items}")
+    result = [item for item in items if item not in (removed or ())]
+    result = [(replaced or {}).get(item, item) for item in result]
+    return result + list(appended or ())
 
 
 class DescriptorSet:
@@ -269,7 +319,11 @@ class DescriptorSet:
         lines: Provenance = {}
         for ancestor in reversed(chain):
             raw = self.raw(ancestor)
-            data = deep_merge(data, raw.data)
+            try:
+                data = deep_merge(data, raw.data)
+            except ListEditError as exc:
+                display, line = raw.lines.get(exc.path, (raw.display, 1))
+                raise DescriptorError([f"{display}:{line}: {_dotted(exc.path)}: {exc.message}"]) from None
             lines.update(raw.lines)
         data.pop("extends", None)
         if not self.raw(descriptor_id).data.get("abstract", False):

@@ -157,10 +157,34 @@ def facts(data: dict[str, Any]) -> Iterator[str]:
         elif node is not None:
             yield ".".join(path), node
 
+    release = _ReleaseValues(data.get("os_release", {}))
     for path, value in walk(data, ()):
         if FACT_PATH.match(path):
             text = str(value).lower() if isinstance(value, bool) else str(value)
+            if path.startswith(PER_RELEASE):
+                text = text.format_map(release)
             yield f"{path}={text}"
+
+
+# Facts the evidence names per release (NVIDIA's folder for it, its cloud images), which parents write once as a
+# pattern such as `rhel{version_id}`. Repository layouts keep their placeholders: the vendor publishes the pattern.
+PER_RELEASE = ("vars.", "cloud.")
+
+
+class _ReleaseValues(dict[str, str]):
+    """A release's own placeholders filled in (a parent's `rhel{version_id}` is rhel9's fact `rhel9`), every other
+    placeholder left as written."""
+
+    def __init__(self, os_release: dict[str, Any]) -> None:
+        version = str(os_release.get("version_id", "{version_id}"))
+        super().__init__(
+            version_id=version,
+            codename=str(os_release.get("codename", "{codename}")),
+            version_nodot=version.replace(".", ""),
+        )
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 def covering(distro_id: str, fact: str, entries: tuple[Evidence, ...]) -> list[Evidence]:

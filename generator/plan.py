@@ -238,8 +238,8 @@ def _fill(text: str, values: dict[str, str]) -> str:
 
 
 def placeholder_values(distro: Distro, arch: Arch, branch: str = "") -> dict[str, str]:
-    return {
-        **distro.vars,
+    """The built-in placeholders, and a descriptor's `vars:` filled with them (`cuda_repo: "rhel{version_id}"`)."""
+    builtin = {
         "arch": arch.value,
         "deb_arch": arch.deb,
         "cuda_arch": arch.cuda,
@@ -247,7 +247,9 @@ def placeholder_values(distro: Distro, arch: Arch, branch: str = "") -> dict[str
         "branch": branch,
         "codename": distro.codename,
         "version_id": distro.version_id,
+        "version_nodot": distro.version_id.replace(".", ""),
     }
+    return {**{name: _fill(value, builtin) for name, value in distro.vars.items()}, **builtin}
 
 
 def make_repo(spec: RepoSpec, values: dict[str, str], options: Options) -> Repo:

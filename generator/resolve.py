@@ -28,7 +28,9 @@ from .model import (
 
 # Placeholders every descriptor string may use; a descriptor's `vars:` add more.
 # {branch} is filled in when a plan is made, since the branch is chosen then; the rest follow from arch.
-BUILTIN_PLACEHOLDERS = frozenset({"arch", "deb_arch", "cuda_arch", "aws_arch", "branch", "codename", "version_id"})
+BUILTIN_PLACEHOLDERS = frozenset(
+    {"arch", "deb_arch", "cuda_arch", "aws_arch", "branch", "codename", "version_id", "version_nodot"}
+)
 KERNEL_PLACEHOLDER = "kernel"  # filled in by the generated script, per target kernel
 FLAVOUR_PLACEHOLDER = "flavour"  # filled in by the generated script, per installed kernel flavour (headers_meta)
 AWS_KERNEL_LINE_PLACEHOLDER = "kernel_line"  # filled in by Packer, from the aws_kernel_line variable
@@ -116,8 +118,6 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
         for modules in source.get("module_stream", {}):
             if modules not in source["packages"]:
                 problem((*where, "module_stream", modules), "a module stream needs packages of the same kind")
-        if source.get("module_stream") and "dnf-modules" not in data.get("capabilities", []):
-            problem((*where, "module_stream"), "module streams need the `dnf-modules` capability")
     for name, repo in repos.items():
         signs = repo.get("signs", {})
         if signs and not (signs.get("metadata") or signs.get("packages")):
@@ -140,6 +140,8 @@ def _reference_problems(merged: MergedDescriptor) -> list[str]:
         if path == ("name",) or path[-1] == "description":
             continue  # free text, never formatted
         allowed = known | {KERNEL_PLACEHOLDER} if path[:1] == ("kernel",) else known
+        if path[:1] == ("vars",):
+            allowed = BUILTIN_PLACEHOLDERS  # a var is filled with the built-in placeholders, not with other vars
         if path[:2] == ("kernel", "headers_meta"):
             allowed = known | {FLAVOUR_PLACEHOLDER}
         if path[:3] == ("cloud", "aws", "ami_name") and "kernel_lines" in aws:

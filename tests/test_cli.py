@@ -277,6 +277,6 @@ def test_list_is_a_table_of_every_distribution() -> None:
 
 def test_show_prints_the_resolved_descriptor() -> None:
     result = run_cli("show", "rocky9", check=True)
-    assert result.stdout.startswith("# distros/rocky9.yaml, extends: rhel9 -> rhel -> rpm-family\n")
+    assert result.stdout.startswith("# distros/rocky9.yaml, extends: rhel9 -> rhel -> rpm-family -> common\n")
     data = yaml.safe_load(result.stdout)
     assert data["os_release"]["id"] == "rocky" and data["family"] == "dnf" and "cuda-repo" in data["driver"]["sources"]

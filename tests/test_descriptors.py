@@ -64,6 +64,55 @@ def test_deep_merge_replaces_lists_merges_maps_and_null_deletes() -> None:
     assert deep_merge(parent, child) == {"a": {"x": 1, "y": [3]}, "b": 2}
 
 
+@pytest.mark.parametrize(
+    ("edit", "result"),
+    [
+        ({"append": ["d"]}, ["a", "b", "c", "d"]),
+        ({"remove": ["b"]}, ["a", "c"]),
+        ({"replace": {"b": "B"}}, ["a", "B", "c"]),
+        ({"append": ["d"], "remove": ["a"], "replace": {"c": "C"}}, ["b", "C", "d"]),  # remove, replace, append
+    ],
+)
+def test_deep_merge_edits_an_inherited_list(edit: dict[str, object], result: list[str]) -> None:
+    assert deep_merge({"k": {"items": ["a", "b", "c"]}}, {"k": {"items": edit}}) == {"k": {"items": result}}
+
+
+def test_no_descriptor_restates_what_its_parent_says() -> None:
+    """Every key a file sets changes what its parent's merged descriptor says (abstract is stated per file)."""
+    descriptors = descriptor_set()
+    restated = []
+    for distro_id in descriptors.ids():
+        raw = descriptors.raw(distro_id).data
+        if "extends" not in raw:
+            continue
+        parent = descriptors.merged(raw["extends"]).data
+        for path, value in _leaves(raw):
+            inherited: object = parent
+            for key in path:
+                inherited = inherited.get(key) if isinstance(inherited, dict) else None
+            if inherited == value and path not in {("extends",), ("abstract",)}:
+                restated.append(f"{distro_id}: {'.'.join(path)}")
+    assert restated == []
+
+
+def _leaves(data: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    if isinstance(data, dict):
+        return [leaf for key, value in data.items() for leaf in _leaves(value, (*path, key))]
+    return [(path, data)]
+
+
+def test_release_placeholders_fill_a_parents_vars_and_cloud_images() -> None:
+    """rhel.yaml writes NVIDIA's folder once as rhel{version_id}; ubuntu.yaml as ubuntu{version_nodot}."""
+    from generator.model import Arch
+    from generator.plan import placeholder_values
+
+    assert descriptor_set().raw("rhel9").data.get("vars") is None
+    for distro_id, folder in [("rhel9", "rhel9"), ("rocky9", "rhel9"), ("ubuntu22.04", "ubuntu2204")]:
+        distro = load_distro(descriptor_set(), distro_id)
+        assert placeholder_values(distro, Arch.X86_64)["cuda_repo"] == folder
+        assert distro.repos["cuda"].path.format_map(placeholder_values(distro, Arch.X86_64)) == f"{folder}/x86_64"
+
+
 def _write(folder: Path, files: dict[str, str]) -> DescriptorSet:
     for name, text in files.items():
         (folder / name).write_text(textwrap.dedent(text))
@@ -187,6 +236,30 @@ BAD_DESCRIPTORS = [
         "bad",
         ["bad.yaml:2: vars.b.1: YAML anchors and aliases are not allowed"],
         id="alias-bomb",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: rhel9\nbase_packages:\n  remove: [curl-minimal]\n"},
+        "bad",
+        ["bad.yaml:3: base_packages.remove: 'curl-minimal' is not in the inherited list"],
+        id="list-edit-of-a-missing-item",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: rhel9\nbase_packages:\n  prepend: [x]\n"},
+        "bad",
+        ["bad.yaml:3: base_packages.prepend: an inherited list is edited with remove, replace, append only"],
+        id="unknown-list-edit",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: rhel9\nkernel:\n  extra: {append: [kernel-tools]}\n"},
+        "bad",
+        ["bad.yaml:3: kernel.extra: edits an inherited list, but no parent sets extra"],
+        id="list-edit-without-a-list",
+    ),
+    pytest.param(
+        {"bad.yaml": "extends: debian12\nvars: {cuda_repo: 'debian{cuda_arch}{kernel}'}\n"},
+        "bad",
+        ["bad.yaml:2: vars.cuda_repo: unknown placeholder {kernel}"],
+        id="var-with-a-non-builtin-placeholder",
     ),
 ]
 
