@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     import jsonschema
 
 from .errors import DescriptorError
-from .paths import cache_dir, data_dir
+from .paths import data_dir, user_cache
 
 KeyPath = tuple[str, ...]
 # Where each key of a merged document was last set: the file and line that a message should point at.
@@ -74,9 +73,7 @@ def _schema() -> dict[str, Any]:
 def validity_cache() -> Path | None:
     """Where descriptors found valid are remembered ($BAKEGEN_CACHE or ~/.cache/bakegen); None: not at all
     (BAKEGEN_NO_CACHE set)."""
-    if os.environ.get("BAKEGEN_NO_CACHE"):
-        return None
-    return cache_dir() / "valid-descriptors"
+    return user_cache("valid-descriptors")
 
 
 def _validity_key(merged: MergedDescriptor) -> str:
@@ -154,9 +151,13 @@ def schema_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+# libyaml's composer where PyYAML has it (the same nodes and line marks, a fraction of the time).
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _compose(text: str, display: str) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_COMPOSER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -199,11 +200,7 @@ def _to_python(
 
 
 def _scalar(node: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)  # a fresh one: it keeps what it built
 
 
 def _dotted(path: KeyPath) -> str:

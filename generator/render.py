@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 
 from . import __version__, embed, hclfmt, quoting
 from .errors import BakegenError
@@ -25,7 +27,7 @@ from .packer import (
     PACKER_SCRIPT,
     PACKER_SOURCE_NAME,
 )
-from .paths import data_dir
+from .paths import data_dir, remembered, user_cache
 from .plan import TOOLKIT_FLOOR, Plan, placeholder_values
 from .userdata import PLAIN, USER_DATA_FORMS, check_size, encode
 
@@ -74,6 +76,7 @@ def make_environment() -> jinja2.Environment:
     """The one Jinja environment: strict, confined to templates/, with quoting filters named by target."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        bytecode_cache=_template_cache(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -93,6 +96,32 @@ def make_environment() -> jinja2.Environment:
     )
     env.globals.update(version=__version__, family_template=family_template)
     return env
+
+
+class _TemplateCache(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept between runs, each checked against its template's source by Jinja (never stale). A
+    cache that cannot be read or written is no cache."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError, TypeError):
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _template_cache() -> jinja2.BytecodeCache | None:
+    folder = user_cache("templates")
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return _TemplateCache(str(folder))
 
 
 def family_template(folder: str, plan: Plan, suffix: str) -> list[str]:
@@ -201,12 +230,20 @@ EMBEDDED_NOTE = "comments left out for user-data: the commented source is bakege
 def embedded_files() -> dict[str, str]:
     """The files the install script writes, as its copy inside user-data carries them: without comments."""
     return {
-        "gpu_check_program": embed.strip_python(
-            _static("bakegen-gpu-check.py"), EMBEDDED_NOTE.format(name="bakegen-gpu-check.py")
-        ),
+        "gpu_check_program": _stripped_gpu_check(),
         "gpu_check_unit": embed.strip_systemd_unit(_static("bakegen-gpu-check.service")),
         "kernel_guard": embed.strip_shell(_static("bakegen-kernel-guard")),
     }
+
+
+def _stripped_gpu_check() -> str:
+    """The GPU check without comments and docstrings: tokenizing and parsing it is most of a cold render, so the
+    result is remembered by a hash of the program and of the code that strips it."""
+    source = _static("bakegen-gpu-check.py")
+    note = EMBEDDED_NOTE.format(name="bakegen-gpu-check.py")
+    stripper = Path(embed.__file__).read_bytes()
+    key = hashlib.sha256(b"\0".join((stripper, source.encode(), note.encode()))).hexdigest()
+    return remembered("embedded", key, lambda: embed.strip_python(source, note))
 
 
 def _context(plan: Plan, what: str, embedded: bool = False) -> dict[str, Any]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 import yaml
 
 from .errors import BakegenError
+from .paths import user_cache
 from .render import FileKind, RenderedFile
 from .userdata import unpack
 
@@ -33,8 +38,12 @@ def check_all(files: Iterable[tuple[RenderedFile, str]]) -> None:
 
 
 def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
-    """`bash -n` of each script, a few processes at a time: the first error line, or None."""
+    """`bash -n` of each script, a few processes at a time: the first error line, or None. A script this bash
+    found valid before is not parsed again (remembered by a hash of the script and of the bash binary)."""
     found: dict[str | bytes, str | None] = {}
+    valid = _ValidScripts()
+    found.update((script, None) for script in scripts if valid.known(script))
+    scripts = [script for script in scripts if script not in found]
     width = max(2, os.cpu_count() or 2)
     for start in range(0, len(scripts), width):
         batch = scripts[start : start + width]
@@ -51,7 +60,39 @@ def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
         for script, process in zip(batch, running, strict=True):
             _, stderr = process.communicate(script)
             found[script] = (stderr.strip().splitlines() or ["bash -n failed"])[0] if process.returncode else None
+            if not process.returncode:
+                valid.remember(script)
     return found
+
+
+class _ValidScripts:
+    """Scripts `bash -n` accepted, in the cache as empty files named by a hash of the bash binary (its path, size
+    and modification time) and of the script: another bash or another byte is another name, never a stale entry."""
+
+    def __init__(self) -> None:
+        self.folder = user_cache("valid-scripts")
+        bash = shutil.which("bash")
+        if self.folder is None or bash is None:
+            self.folder, self.bash = None, ""
+            return
+        stat = os.stat(bash)
+        self.bash = f"{os.path.realpath(bash)}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+    def _entry(self, script: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / hashlib.sha256(f"{self.bash}\0{script}".encode()).hexdigest()
+
+    def known(self, script: str) -> bool:
+        entry = self._entry(script)
+        return entry is not None and entry.exists()
+
+    def remember(self, script: str) -> None:
+        entry = self._entry(script)
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                entry.touch()
 
 
 def _problem(file: RenderedFile) -> str | None:
