@@ -11,10 +11,7 @@ Refusal paths (not root, another system, another arch, bad keys, network failure
 
 Regenerate the fixtures after a deliberate template change with
     BAKEGEN_TRACE_REGEN=1 python -m pytest tests/test_trace.py
-and review the diff. Known bugs of the generated script are listed in BUGS with a suggested fix each; the
-scenarios they break are strict xfails. BAKEGEN_TRACE_FIXES=1 applies the suggested fixes to the rendered script
-(textual patches, each of which must still apply) and expects those scenarios to pass: that is how the fixtures
-were recorded, and how a template fix can be checked before the xfail is removed.
+and review the diff. A bug this suite finds is fixed in the templates, with the scenario that shows it.
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ from tests.support.trace import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 REGEN = os.environ.get("BAKEGEN_TRACE_REGEN") == "1"
-FIXES = os.environ.get("BAKEGEN_TRACE_FIXES") == "1" or REGEN
 TOOLKIT_PACKAGES = (
     "nvidia-container-toolkit",
     "nvidia-container-toolkit-base",
@@ -60,20 +56,6 @@ pytestmark = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Known bugs of the generated script, found by these tests. `fix`: textual patches of the rendered script that
-# apply the suggested fix (used with BAKEGEN_TRACE_FIXES=1); None where no small patch expresses it.
-
-
-@dataclass(frozen=True)
-class Bug:
-    id: str
-    summary: str
-    fix: tuple[tuple[str, str], ...] | None = None
-
-
-BUGS: dict[str, Bug] = {}
-
 # Found by this suite and fixed in the templates since: Fedora/SLES installed the repository's newest driver
 # branch, not the requested one (R1: now nvidia-open-580.* / 'nvidia-open<581'); RHEL/AL2023 did not hold a
 # pinned toolkit (R2: now dnf versionlock); ubuntu-drivers' hardware detection (U1/U2: the packages
@@ -84,25 +66,6 @@ BUGS: dict[str, Bug] = {}
 # daemon.json; Debian's second run always ran `apt-get update`; --dry-run died for want of dkms; on bullseye's
 # one-line sources.list (no Signed-By) the added components conflicted with the existing entries' Signed-By and
 # left apt unusable.
-COMMON: tuple[str, ...] = ()
-BY_DISTRO: dict[str, tuple[str, ...]] = {}
-
-
-def patch_script(script: str, bug_ids: tuple[str, ...]) -> str:
-    """The rendered script with the suggested fixes of these bugs (each patch must still apply)."""
-    applied: set[tuple[str, str]] = set()
-    for bug_id in bug_ids:
-        for old, new in BUGS[bug_id].fix or ():
-            if (old, new) in applied:  # one fix for several bugs
-                continue
-            applied.add((old, new))
-            if old not in script:
-                raise AssertionError(
-                    f"the fix for {bug_id} no longer applies (fixed in the template?): remove it "
-                    f"from BUGS and from the scenarios that name it. Missing text: {old[:80]!r}"
-                )
-            script = script.replace(old, new)
-    return script
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,43 +79,33 @@ class Scenario:
     options: dict[str, Any] = field(default_factory=dict)
     machine: Machine = field(default_factory=Machine)
     mirrors: bool = False
-    bugs: tuple[str, ...] = ()
     note: str = "an image baked in a chroot: no systemd, no GPU, the build host's kernel running"
 
 
-def _default_bugs(distro_id: str) -> tuple[str, ...]:
-    key = "ubuntu" if distro_id.startswith("ubuntu") else distro_id
-    return COMMON + BY_DISTRO.get(key, ())
-
-
-SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + [
-    Scenario("ubuntu24.04-cuda-repo", "ubuntu24.04", {"driver_source": "cuda-repo"}, bugs=COMMON),
+SCENARIOS = [Scenario(d, d) for d in all_distro_ids()] + [
+    Scenario("ubuntu24.04-cuda-repo", "ubuntu24.04", {"driver_source": "cuda-repo"}),
     Scenario(
         "ubuntu24.04-booted-gpu",
         "ubuntu24.04",
         machine=Machine(booted=True, gpu=True),
-        bugs=COMMON,
         note="a running instance with systemd and one H200 (cloud-init's case)",
     ),
     Scenario(
         "ubuntu24.04-modules-lag",
         "ubuntu24.04",
         machine=Machine(modules_lag=True),
-        bugs=COMMON,
         note="an image whose kernel has no precompiled NVIDIA modules in the archive yet: DKMS builds them",
     ),
     Scenario(
         "rhel9-hgx",
         "rhel9",
         machine=Machine(booted=True, gpu=True, nvswitches=4),
-        bugs=COMMON,
         note="a running HGX H200 instance with systemd: an H200 and four NVSwitches on the PCI bus",
     ),
     Scenario(
         "rhel9-booted",
         "rhel9",
         machine=Machine(booted=True, files={"/etc/docker/daemon.json": '{\n    "log-driver": "journald"\n}\n'}),
-        bugs=COMMON,
         note="a running instance with systemd, no GPU, a daemon.json of its own",
     ),
     Scenario(
@@ -186,18 +139,6 @@ SCENARIOS = [Scenario(d, d, bugs=_default_bugs(d)) for d in all_distro_ids()] + 
 ]
 
 
-def unfixed(bugs: tuple[str, ...], fixes: bool) -> list[str]:
-    """The bugs that still show when the suggested fixes are (fixes=True) or are not applied."""
-    return [b for b in bugs if not fixes or BUGS[b].fix is None]
-
-
-def _marks(bugs: tuple[str, ...]) -> list[pytest.MarkDecorator]:
-    open_bugs = unfixed(bugs, FIXES)
-    if not open_bugs:
-        return []
-    return [pytest.mark.xfail(strict=True, reason="known bugs of the generated script: " + ", ".join(open_bugs))]
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyRing]:
     ring = KeyRing(tmp_path_factory.mktemp("keys"))
@@ -212,24 +153,16 @@ def machine_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _machine(base: Path, keys: KeyRing, distro: str, bugs: tuple[str, ...] = (), **kwargs: Any) -> FakeMachine:
-    fake = FakeMachine(base, keys, distro, **kwargs)
-    if FIXES and bugs:
-        fake.set_script(patch_script(fake.script, bugs))
-    return fake
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the two runs of every scenario
 
 
-@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=_marks(s.bugs)) for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name) for s in SCENARIOS])
 def test_first_and_second_run(scenario: Scenario, keys: KeyRing, machine_dir: Path) -> None:
-    with _machine(
+    with FakeMachine(
         machine_dir,
         keys,
         scenario.distro,
-        scenario.bugs,
         machine=scenario.machine,
         mirrors=scenario.mirrors,
         **scenario.options,
@@ -250,14 +183,11 @@ def test_first_and_second_run(scenario: Scenario, keys: KeyRing, machine_dir: Pa
 
 def _fixture_text(scenario: Scenario, fake: FakeMachine, first: Run, second: Run, keys: KeyRing) -> str:
     options = ", ".join(f"{k}={v!r}" for k, v in sorted(scenario.options.items())) or "defaults"
-    fixed = sorted(b for b in scenario.bugs if BUGS[b].fix)
     header = [
         f"# bakegen trace: {scenario.distro} {fake.plan.arch.value}; options: {options}"
         f"{'; every repository through --mirror' if scenario.mirrors else ''}",
         f"# machine: {scenario.note}",
         "# keys: throwaway keys passed with --key-fingerprint (<FPR:repository>), verified by the script with gpg",
-        f"# recorded with the suggested fixes of: {', '.join(fixed) or 'nothing'}",
-        f"# known wrong until fixed: {', '.join(unfixed(scenario.bugs, True)) or 'nothing'}",
         "# regenerate: BAKEGEN_TRACE_REGEN=1 python -m pytest tests/test_trace.py (then review the diff)",
         "",
     ]
@@ -451,7 +381,7 @@ def _untouched(run: Run) -> None:
 
 @pytest.mark.parametrize("distro", FAMILY_REPRESENTATIVES)
 def test_not_root_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> None:
-    with _machine(machine_dir, keys, distro) as fake:
+    with FakeMachine(machine_dir, keys, distro) as fake:
         run = fake.run(user="65534:65534")
     assert run.rc == 3, run.stderr
     assert "must run as root" in run.stderr
@@ -469,7 +399,7 @@ def test_not_root_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> N
     ],
 )
 def test_other_system_is_refused(distro: str, os_id: str, version: str, keys: KeyRing, machine_dir: Path) -> None:
-    with _machine(machine_dir, keys, distro, machine=Machine(os_id=os_id, version_id=version)) as fake:
+    with FakeMachine(machine_dir, keys, distro, machine=Machine(os_id=os_id, version_id=version)) as fake:
         run = fake.run()
         expected = f"{fake.distro.os_id} {fake.distro.version_id} ({fake.distro.source_file})"
     assert run.rc == 3, run.stderr
@@ -479,7 +409,7 @@ def test_other_system_is_refused(distro: str, os_id: str, version: str, keys: Ke
 
 @pytest.mark.parametrize("distro", FAMILY_REPRESENTATIVES)
 def test_other_arch_is_refused(distro: str, keys: KeyRing, machine_dir: Path) -> None:
-    with _machine(machine_dir, keys, distro, machine=Machine(arch="aarch64")) as fake:
+    with FakeMachine(machine_dir, keys, distro, machine=Machine(arch="aarch64")) as fake:
         run = fake.run()
     assert run.rc == 3, run.stderr
     assert "generated for x86_64, but this machine is aarch64" in run.stderr
@@ -495,7 +425,7 @@ def test_other_arch_is_refused(distro: str, keys: KeyRing, machine_dir: Path) ->
 def test_ubuntu_installs_the_kernel_flavours_modules_metapackage(
     distro: str, meta: str, keys: KeyRing, machine_dir: Path
 ) -> None:
-    with _machine(machine_dir, keys, distro) as fake:
+    with FakeMachine(machine_dir, keys, distro) as fake:
         run = fake.run()
     assert run.rc == 0, run.stderr
     assert meta in run.state_after["installed"], sorted(run.state_after["installed"])
@@ -508,7 +438,7 @@ def test_ubuntu_installs_the_kernel_flavours_modules_metapackage(
 # generated plan; this runs the generated script.)
 # Per audited error (tests/helpers.py: AUDITED_ERRORS): the script's options, the machine, what the failure names.
 # A2-aarch64 is a generation-time refusal (fedora43 has no aarch64): the walk and tests/test_cli.py name it.
-AUDITED_RUNS = {
+AUDITED_RUNS: dict[str, tuple[dict[str, Any], Machine, str]] = {
     # EPEL added with repo_gpgcheck=1: it publishes no repomd.xml.asc, so the refresh fails.
     "A1": ({}, Machine(), "repomd.xml.asc"),
     # fedora43 with D42D0685.pub: its folder publishes only 1940C73E.pub (404).
@@ -525,7 +455,7 @@ AUDITED_RUNS = {
 @pytest.mark.parametrize("name", sorted(AUDITED_RUNS))
 def test_each_audited_error_fails_against_the_evidence(name: str, keys: KeyRing, machine_dir: Path) -> None:
     (distro_id, changes), (options, machine, says) = AUDITED_ERRORS[name], AUDITED_RUNS[name]
-    with _machine(
+    with FakeMachine(
         machine_dir, keys, distro_id, machine=machine, descriptor=descriptor_with(distro_id, *changes), **options
     ) as fake:
         broken = fake.run()
@@ -533,7 +463,7 @@ def test_each_audited_error_fails_against_the_evidence(name: str, keys: KeyRing,
     assert says in broken.stdout + broken.stderr, f"{name}: the failure does not name {says}"
     if name == "A7":
         return  # the fixed descriptor refuses this combination at generation time (tests/test_cli.py)
-    with _machine(machine_dir, keys, distro_id, machine=machine, **options) as fake:
+    with FakeMachine(machine_dir, keys, distro_id, machine=machine, **options) as fake:
         fixed = fake.run()
     assert fixed.rc == 0, f"{name} fixed: {fixed.rc}\n{fixed.stderr[-2000:]}"
 
@@ -565,7 +495,7 @@ def test_bad_key_or_repository_leaves_nothing(
     distro: str, fault: str, code: int, message: str, keys: KeyRing, machine_dir: Path
 ) -> None:
     name = "nvidia-container-toolkit"
-    with _machine(machine_dir, keys, distro, (), faults={name: fault}, install_driver=False) as fake:
+    with FakeMachine(machine_dir, keys, distro, faults={name: fault}, install_driver=False) as fake:
         keys.key("stranger")
         run = fake.run()
         family = fake.distro.family
@@ -609,8 +539,7 @@ EMBEDDED_COPY = ("debian12", "ubuntu22.04", "ubuntu24.04-cuda-repo", "rhel9", "a
 @pytest.mark.parametrize("name", EMBEDDED_COPY)
 def test_the_user_data_copy_does_what_the_script_does(name: str, keys: KeyRing, machine_dir: Path) -> None:
     scenario = next(s for s in SCENARIOS if s.name == name)
-    assert not scenario.bugs, "a scenario with known bugs is no reference"
-    with _machine(
+    with FakeMachine(
         machine_dir, keys, scenario.distro, machine=scenario.machine, mirrors=scenario.mirrors, **scenario.options
     ) as fake:
         script = fake.script
@@ -624,13 +553,12 @@ def test_the_user_data_copy_does_what_the_script_does(name: str, keys: KeyRing, 
 
 
 DRY_RUN = ("ubuntu24.04", "ubuntu24.04-cuda-repo", "debian12", "rhel9", "sles15")
-DRY_RUN_BUGS: dict[str, tuple[str, ...]] = {}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(DRY_RUN_BUGS.get(n, ()))) for n in DRY_RUN])
+@pytest.mark.parametrize("name", DRY_RUN)
 def test_dry_run_changes_nothing(name: str, keys: KeyRing, machine_dir: Path) -> None:
     scenario = next(s for s in SCENARIOS if s.name == name)
-    with _machine(machine_dir, keys, scenario.distro, DRY_RUN_BUGS.get(name, ()), **scenario.options) as fake:
+    with FakeMachine(machine_dir, keys, scenario.distro, **scenario.options) as fake:
         run = fake.run("--dry-run")
     assert run.rc == 0, run.stderr[-3000:]
     assert "dry run done: nothing was changed" in run.stderr
