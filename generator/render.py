@@ -71,6 +71,13 @@ class RenderedFile:
     def data(self) -> bytes:
         return self.content if isinstance(self.content, bytes) else self.content.encode()
 
+    @property
+    def text(self) -> str:
+        """The content of a text file; a file of bytes (gzip-compressed user-data) has none."""
+        if isinstance(self.content, bytes):
+            raise TypeError(f"{self.path} holds bytes, not text")
+        return self.content
+
 
 def make_environment() -> jinja2.Environment:
     """The one Jinja environment: strict, confined to templates/, with quoting filters named by target."""

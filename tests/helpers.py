@@ -77,12 +77,12 @@ def render_files(distro_id: str, fmt: Format = Format.SHELL, **options: Any) -> 
 def render_packer_file(distro_id: str, name: str, **options: Any) -> str:
     """One file of the distribution's Packer folder (e.g. sources.pkr.hcl), rendered in-process."""
     (file,) = [f for f in render_files(distro_id, Format.PACKER, **options) if f.path.name == name]
-    return file.content
+    return file.text
 
 
 def render_script(distro_id: str, **options: Any) -> str:
     (script,) = render_files(distro_id, Format.SHELL, **options)
-    return script.content
+    return script.text
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:

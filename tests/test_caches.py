@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -58,8 +60,13 @@ def test_a_script_bash_accepted_is_not_parsed_again_and_a_broken_one_always_is(
     assert len(list((tmp_path / "valid-scripts").iterdir())) == 1  # only the valid one is remembered
     # Remembered: no bash runs for it now; the broken one still goes to bash and is still refused.
     started: list[object] = []
-    real_popen = selfcheck.subprocess.Popen
-    monkeypatch.setattr(selfcheck.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
+        started.append(args)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     assert selfcheck._bash_syntax([good]) == {good: None}
     assert started == []
     assert selfcheck._bash_syntax([broken])[broken]
@@ -101,7 +108,7 @@ def test_an_unwritable_cache_is_no_cache(tmp_path: Path, monkeypatch: pytest.Mon
     assert render.embedded_files()["gpu_check_program"]
     assert render.make_environment().get_template("cloud-init/bootstrap.sh.j2")
     with pytest.raises(BakegenError, match="is broken"):
-        selfcheck.check_all([(render.RenderedFile(render.PurePosixPath("x.sh"), "if\n", render.FileKind.SHELL), "x")])
+        selfcheck.check_all([(render.RenderedFile(PurePosixPath("x.sh"), "if\n", render.FileKind.SHELL), "x")])
 
 
 def test_no_cache_at_all_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from generator.descriptors import DescriptorSet, deep_merge, schema_properties, schema_reference
+from generator.descriptors import DescriptorSet, builtin_distros_dir, deep_merge, schema_properties, schema_reference
 from generator.errors import DescriptorError
 from generator.model import Family
-from generator.resolve import builtin_distros_dir, descriptor_set, load_all, load_distro
+from generator.resolve import descriptor_set, load_all, load_distro
 from tests.helpers import REPO, all_distro_ids
 
 REQUIRED_RELEASES = [

@@ -123,7 +123,8 @@ def walk_problems(distro: Distro, plan: Plan) -> list[str]:
                 problems.append(f"{tag}: DKMS driver, but no repository it uses publishes dkms")
             # Each kernel line the evidence names (or one line, where it names none) with the packages the
             # script asks that line's kernels for (install.sh.j2: kernel_package_patterns).
-            for kernel in kernel_lines(distro.id, arch) or [None]:
+            lines_named: list[str | None] = [*kernel_lines(distro.id, arch)] or [None]
+            for kernel in lines_named:
                 line = next((x for x in distro.kernel_lines if kernel and kernel.startswith(x.prefix)), None)
                 patterns = [line.headers, *line.extra] if line else [distro.kernel_headers, *distro.kernel_extra]
                 for pattern in patterns:

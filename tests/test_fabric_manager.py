@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,7 @@ def machine_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def machine(base: Path, keys: KeyRing, distro: str, spec: Machine, **options: object) -> FakeMachine:
+def machine(base: Path, keys: KeyRing, distro: str, spec: Machine, **options: Any) -> FakeMachine:
     return FakeMachine(base, keys, distro, machine=spec, **options)
 
 

@@ -143,7 +143,7 @@ class Run:
 
 
 RUNNING_KERNEL = "6.1.0-41-cloud-amd64"
-GUARD_FAILED = {
+GUARD_FAILED: dict[str, Any] = {
     "kernel": "6.1.0-41-rt-amd64",
     "module": False,
     "time": "2026-12-01T21:40:00Z",
@@ -469,7 +469,7 @@ def test_repository_keys_revoked_or_expired_are_reported_with_or_without_a_gpu(
     check = run.check("repository_keys")
     assert (check["status"], check["required"]) == (status, False)
     assert words in check["detail"]
-    assert run.result["status"] == "no-gpu" and run.returncode == 0
+    assert run.result is not None and run.result["status"] == "no-gpu" and run.returncode == 0
 
 
 def test_a_command_past_its_timeout_never_blocks_the_check(tmp_path: Path) -> None:

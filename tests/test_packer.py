@@ -82,7 +82,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for file in render_files(distro, Format.PACKER, arch=arch):
             path = root / name / file.path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(file.content)
+            path.write_text(file.text)
             path.chmod(file.mode)
         folders[name] = root / name / "packer"
     return folders

@@ -119,7 +119,7 @@ def _benign(distro: str, arch: str, fmt: Format) -> list[RenderedFile]:
 def _scripts(file: RenderedFile) -> list[str]:
     """The install script(s) in a generated file: the file itself, or the one cloud-init writes."""
     if file.kind == "shell":
-        return [file.content]
+        return [file.text]
     if file.kind == "cloud-config":
         data = yaml.safe_load(file.content)
         return [entry["content"] for entry in data.get("write_files", []) if entry["path"].endswith("bakegen-install")]
@@ -132,11 +132,11 @@ def test_generated_files_trust_nothing_unchecked(case: tuple[str, str, Format]) 
     for file in _files(distro, arch, fmt):
         where = f"{distro}/{arch}/{file.path}"
         for pattern, what in FORBIDDEN:
-            match = pattern.search(file.content)
+            match = pattern.search(file.text)
             assert match is None, f"{where}: {what}: {match.group(0) if match else ''!r}"
         allowed = HTTP_ALLOWED.get(str(file.path), ())
-        for match in re.finditer(r"http://\S*", file.content):
-            allowed_here = any(file.content.startswith(a, match.start()) for a in allowed)
+        for match in re.finditer(r"http://\S*", file.text):
+            allowed_here = any(file.text.startswith(a, match.start()) for a in allowed)
             assert allowed_here, f"{where}: plain-http URL {match.group(0)}"
 
 
@@ -390,7 +390,7 @@ def test_hostile_values_are_only_ever_quoted(case: tuple[str, str, Format]) -> N
 
             assert _structure(pygohcl.loads(file.content)) == _structure(pygohcl.loads(benign[str(file.path)].content))
             # HCL template sequences from a value must arrive escaped ($${ and %%{), or HCL would interpolate them.
-            code = "\n".join(line for line in file.content.splitlines() if not line.lstrip().startswith(("#", "//")))
+            code = "\n".join(line for line in file.text.splitlines() if not line.lstrip().startswith(("#", "//")))
             assert re.search(r"(?<!\$)\$\{x\}|(?<!%)%\{y\}", code) is None, f"{where}: unescaped HCL template"
 
 

@@ -386,6 +386,7 @@ def test_driver_comes_from_debian_nonfree_held_to_its_branch(baked: Bake) -> Non
             f"URIs: http://deb.debian.org/{uri}\nSuites: {suite}\nComponents: contrib non-free non-free-firmware\n"
             f"Signed-By: {ARCHIVE_KEYRING[baked.release]}\n"
         ) in components
+    assert baked.first is not None
     assert "configured multiple times" not in baked.first.output
     assert "Conflicting values set for option Signed-By" not in baked.first.output
     blacklist = baked.chroot.read_text("/etc/modprobe.d/bakegen-blacklist-nouveau.conf")

@@ -21,7 +21,7 @@ import yaml
 from generator import validate as v
 from generator.errors import BakegenError
 from generator.model import Format
-from generator.userdata import USER_DATA_FORMS, encode
+from generator.userdata import USER_DATA_FORMS, encode, pack
 from tests.helpers import REPO, matrix, render_files, run_cli
 from tests.support.https import StaticHttps
 
@@ -91,7 +91,7 @@ def test_cloud_init_reads_every_form_as_the_full_user_data(written: dict[str, Pa
     gzipped = {}
     for (d, a), path in generic.items():
         gzipped[(d, a)] = tmp_path / f"{d}-{a}.yaml.gz"
-        gzipped[(d, a)].write_bytes(encode(USER_DATA_FORMS["aws"], path.read_text()))
+        gzipped[(d, a)].write_bytes(pack(path.read_text()))
     mime = {(d, a): written["azure"] / d / a / "user-data.mime" for d, a in matrix()}
     assert all(
         (written["gcp"] / d / a / "user-data.yaml").read_bytes() == p.read_bytes() for (d, a), p in generic.items()

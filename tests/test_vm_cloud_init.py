@@ -45,9 +45,10 @@ from generator.plan import CheckOptions
 from generator.render import embedded_files
 from tests.helpers import REPO, render_files
 from tests.support.mirror import Mirror, Request, key_fingerprints
+from tests.support.rootfs import default_cache_dir
 from tests.support.vm import BootEnd, VmRun, boot, kill_all_vms
 from tests.support.vm_fixtures import ImageFactory, vm_releases
-from tests.support.vm_image import Release, VmImage, default_cache_dir
+from tests.support.vm_image import Release, VmImage
 
 RELEASE_DISTRO: dict[Release, str] = {"bookworm": "debian12", "trixie": "debian13"}
 DISTRO_VERSION = {"debian12": "12", "debian13": "13"}
@@ -626,7 +627,7 @@ def test_no_driver_script_has_no_reboot_trigger() -> None:
     for distro in RELEASE_DISTRO.values():
         for install_driver in (False, True):
             (script,) = render_files(distro, Format.SHELL, install_driver=install_driver, **options)
-            lines = script.content.splitlines()
+            lines = script.text.splitlines()
             calls = [line.strip() for line in lines if re.match(r"\s*[^#]*\brequire_reboot ", line)]
             if install_driver:
                 assert any('require_reboot "the nouveau driver is loaded"' in call for call in calls), calls

@@ -344,7 +344,8 @@ def _expand(value: Any, values: Mapping[str, str]) -> Any:
 
 def load_worlds() -> dict[str, Any]:
     with WORLDS.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        worlds: dict[str, Any] = yaml.safe_load(handle)
+    return worlds
 
 
 def _world_values(distro: Distro, plan: Plan, machine: Machine, profile: dict[str, Any]) -> dict[str, str]:
@@ -754,7 +755,8 @@ class FakeMachine:
 
     # ---- running ----
     def state(self) -> dict[str, Any]:
-        return marshal.loads((self.root / TRACE / "state.bin").read_bytes())
+        state: dict[str, Any] = marshal.loads((self.root / TRACE / "state.bin").read_bytes())
+        return state
 
     def snapshot(self) -> dict[str, tuple[Any, ...]]:
         owned = set(self.state().get("owned", {}))

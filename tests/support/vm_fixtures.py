@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.rootfs import default_cache_dir
 from tests.support.vm import VmRun, boot, kill_all_vms
-from tests.support.vm_image import RELEASES, Release, VmImage, build_image, default_cache_dir
+from tests.support.vm_image import RELEASES, Release, VmImage, build_image
 
 REQUIRED_TOOLS = (
     "qemu-system-x86_64",

@@ -1671,7 +1671,8 @@ def check_kernel_module(facts, config):
     if facts.module_kernels is not None and facts.running_kernel not in facts.module_kernels:
         others = ", ".join(facts.module_kernels) or "none"
         return "fail", (f"no NVIDIA kernel module for the running kernel {facts.running_kernel} (kernels with one: "
-                        f"{others}): boot one of those, or install this kernel's headers and rebuild (dkms autoinstall)")
+                        f"{others}): boot one of those, or install this kernel's headers and rebuild "
+                        "(dkms autoinstall)")
     return "fail", "NVIDIA kernel module not loaded (no readable driver version in /proc)"
 
 

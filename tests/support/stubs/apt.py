@@ -151,11 +151,13 @@ def _archive(ctx: Ctx, source: Source) -> bool:
 
 
 def _repo(ctx: Ctx, source: Source) -> dict[str, Any] | None:
-    return ctx.world.get("repos", {}).get(source.uri.rstrip("/"))
+    repos: dict[str, dict[str, Any]] = ctx.world.get("repos", {})
+    return repos.get(source.uri.rstrip("/"))
 
 
 def _fault(ctx: Ctx, source: Source) -> str | None:
-    return ctx.world.get("faults", {}).get(source.uri.rstrip("/"))
+    faults: dict[str, str] = ctx.world.get("faults", {})
+    return faults.get(source.uri.rstrip("/"))
 
 
 def _trusted_keys(source: Source) -> list[str]:

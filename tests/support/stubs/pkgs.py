@@ -24,7 +24,8 @@ UNIT_DIR = "/usr/lib/systemd/system"
 
 
 def installed(ctx: Ctx) -> dict[str, dict[str, Any]]:
-    return ctx.state.setdefault("installed", {})
+    packages: dict[str, dict[str, Any]] = ctx.state.setdefault("installed", {})
+    return packages
 
 
 def installed_version(ctx: Ctx, name: str) -> str | None:

@@ -244,7 +244,7 @@ def _load(ctx: Ctx, opts: dict[str, list[str]]) -> list[dict[str, str]]:
 
 
 def _modular(ctx: Ctx) -> bool:
-    return ctx.world.get("dnf") == "dnf4"
+    return bool(ctx.world.get("dnf") == "dnf4")
 
 
 def _match(candidates: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:

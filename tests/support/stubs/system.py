@@ -150,7 +150,8 @@ def _daemon_json(path: str = "/etc/docker/daemon.json") -> dict[str, Any]:
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return {}
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        loaded: dict[str, Any] = json.load(handle)
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------------------
