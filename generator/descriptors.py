@@ -363,9 +363,9 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
             allowed = sorted(schema.get("properties", {}))
             for key in sorted(k for k in error.instance if k not in allowed):
                 message = f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-                problems.append(_locate(merged, (*path, key), message))
+                problems.append(locate(merged, (*path, key), message))
             continue
-        problems.append(_locate(merged, path, _message(error)))
+        problems.append(locate(merged, path, _message(error)))
     if cache and not problems:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -384,7 +384,7 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def _locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
+def locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
     """Point at the deepest key of `path` that some file set."""
     for depth in range(len(path), -1, -1):
         where = merged.lines.get(path[:depth])
@@ -393,7 +393,3 @@ def _locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
             key = _dotted(path) or "(top)"
             return f"{display}:{line}: {key}: {message}"
     return f"{merged.display}:1: {_dotted(path)}: {message}"
-
-
-def locate(merged: MergedDescriptor, path: KeyPath, message: str) -> str:
-    return _locate(merged, path, message)

@@ -25,6 +25,15 @@ def all_distro_ids() -> list[str]:
 
 # The vendor errors of ../shared/notes/vendor-audit.md, each as the descriptor change that puts it back (for
 # descriptor_with): the evidence walk and the trace harness must each name every one.
+# NVIDIA's Container Toolkit as its packaging names it (packaging/debian, packaging/rpm of v1.18.1): the packages
+# every test expects the generated provisioning to install and hold together.
+TOOLKIT_PACKAGES = (
+    "nvidia-container-toolkit",
+    "nvidia-container-toolkit-base",
+    "libnvidia-container-tools",
+    "libnvidia-container1",
+)
+
 AUDITED_ERRORS: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
     # A1: EPEL added as if it signed its metadata (repo_gpgcheck=1): it publishes no repomd.xml.asc.
     "A1": ("rhel9", (("repos.epel.signs", {"metadata": True, "packages": True}),)),

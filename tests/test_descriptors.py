@@ -11,7 +11,7 @@ from generator.descriptors import DescriptorSet, builtin_distros_dir, deep_merge
 from generator.errors import DescriptorError
 from generator.model import Family
 from generator.resolve import descriptor_set, load_all, load_distro
-from tests.helpers import REPO, all_distro_ids
+from tests.helpers import REPO, TOOLKIT_PACKAGES, all_distro_ids
 
 REQUIRED_RELEASES = [
     "ubuntu20.04",
@@ -40,6 +40,7 @@ def test_descriptor_resolves_with_its_family_data(distro_id: str) -> None:
     distro = load_distro(descriptor_set(), distro_id)
     assert distro.toolkit_repo in distro.repos
     assert distro.default_driver_source in distro.driver_sources
+    assert distro.toolkit_packages == TOOLKIT_PACKAGES
     for repo in distro.repos.values():
         assert repo.base.startswith("https://")
         assert len(repo.fingerprint) == 40 or repo.fingerprint == "UNVERIFIED"

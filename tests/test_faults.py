@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TOOLKIT_PACKAGES
 from tests.support.mirror import Mirror
 from tests.support.rootfs import CHROOT_PATH, Chroot
 from tests.test_rootfs_e2e import (
@@ -27,7 +28,6 @@ from tests.test_rootfs_e2e import (
     SCRIPT,
     SOURCE_LIST,
     TOOLKIT_DEB_VERSION,
-    TOOLKIT_PACKAGES,
     ScriptRun,
     render_for_mirror,
     run_script,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import canonical_key, script_functions
+from tests.helpers import TOOLKIT_PACKAGES, canonical_key, script_functions
 from tests.support.hostile_keys import KeyFile, build_corpus, packets
 from tests.support.mirror import Gpg, Mirror, key_fingerprints
 from tests.support.rootfs import Chroot, Release
 from tests.test_faults import TRUST, assert_nothing_trusted, prepared
-from tests.test_rootfs_e2e import KEYRING, SOURCE_LIST, TOOLKIT_PACKAGES, render_for_mirror, run_script
+from tests.test_rootfs_e2e import KEYRING, SOURCE_LIST, render_for_mirror, run_script
 
 EX_OK, EX_VERIFY = 0, 4
 RELEASES: dict[Release, str] = {"bookworm": "debian12", "trixie": "debian13"}

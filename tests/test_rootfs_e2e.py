@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import render_script
+from tests.helpers import TOOLKIT_PACKAGES, render_script
 from tests.support.mirror import Mirror, key_fingerprints
 from tests.support.rootfs import Chroot, Release, build_rootfs, default_cache_dir
 
@@ -45,12 +45,6 @@ RELEASE_DISTRO: dict[Release, str] = {"bookworm": "debian12", "trixie": "debian1
 IMAGE_PACKAGES = ("linux-image-cloud-amd64", "systemd")
 TOOLKIT_PIN = "1.18.1"
 TOOLKIT_DEB_VERSION = "1.18.1-1"
-TOOLKIT_PACKAGES = (
-    "nvidia-container-toolkit",
-    "nvidia-container-toolkit-base",
-    "libnvidia-container-tools",
-    "libnvidia-container1",
-)
 # What each release's own tools write into Signed-By (trixie's keyring is .pgp, with a .gpg symlink).
 ARCHIVE_KEYRING: dict[Release, str] = {
     "bookworm": "/usr/share/keyrings/debian-archive-keyring.gpg",

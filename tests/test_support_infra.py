@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TOOLKIT_PACKAGES
 from tests.support.mirror import HTML_PAGE, Mirror, key_fingerprints
 from tests.support.rootfs import Chroot, Release, build_rootfs
 from tests.support.standin.debs import build_debs, load_spec
@@ -22,12 +23,6 @@ from tests.support.standin.debs import build_debs, load_spec
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 PINNED = "1.18.1-1"
 NEWEST = "1.19.0-1"
-TOOLKIT = (
-    "nvidia-container-toolkit",
-    "nvidia-container-toolkit-base",
-    "libnvidia-container-tools",
-    "libnvidia-container1",
-)
 
 
 def fetch(
@@ -73,7 +68,7 @@ def test_toolkit_packages_have_nvidias_names_files_and_dependencies(toolkit_debs
     spec = load_spec()
     assert {PINNED, NEWEST, "1.17.8-1"} <= set(spec.versions)
     for version in spec.versions:
-        debs = {name: toolkit_debs[f"{name}_{version}_amd64.deb"] for name in TOOLKIT}
+        debs = {name: toolkit_debs[f"{name}_{version}_amd64.deb"] for name in TOOLKIT_PACKAGES}
         assert deb_field(debs["nvidia-container-toolkit"], "Depends") == (
             f"nvidia-container-toolkit-base (= {version}), libnvidia-container-tools (= {version}), "
             "libnvidia-container-tools (<< 2.0.0)"
@@ -225,7 +220,7 @@ def test_mirror_repo_verifies_against_served_key(standin_mirror: Mirror, tmp_pat
     assert packages_sha in (tmp_path / "Release").read_text()
     assert fetch(standin_mirror, "/stable/deb/arm64/InRelease")[0] == 200
     names = re.findall(r"^Package: (.+)$", (tmp_path / "Packages").read_text(), re.M)
-    assert sorted(set(names)) == sorted(TOOLKIT)
+    assert sorted(set(names)) == sorted(TOOLKIT_PACKAGES)
 
 
 def test_mirror_signatures_avoid_sha1(standin_mirror: Mirror) -> None:
@@ -397,9 +392,9 @@ def test_pinned_toolkit_installs_from_the_mirror(
     unpinned = chroot.run([*install, f"nvidia-container-toolkit={PINNED}"], check=False)
     assert unpinned.returncode != 0
     assert f"nvidia-container-toolkit-base (= {PINNED}) but {NEWEST}" in unpinned.stdout
-    chroot.run([*install, *(f"{name}={PINNED}" for name in TOOLKIT)])
+    chroot.run([*install, *(f"{name}={PINNED}" for name in TOOLKIT_PACKAGES)])
     state = chroot.package_state()
-    assert {name: state.get(name) for name in TOOLKIT} == dict.fromkeys(TOOLKIT, PINNED)
+    assert {name: state.get(name) for name in TOOLKIT_PACKAGES} == dict.fromkeys(TOOLKIT_PACKAGES, PINNED)
     version = chroot.run(["nvidia-ctk", "--version"]).stdout
     assert version.splitlines()[0] == "NVIDIA Container Toolkit CLI version 1.18.1"
     # NVIDIA's postinst: the runtime's config written, the hook reachable under its old name.
@@ -417,6 +412,6 @@ def test_pinned_toolkit_installs_from_the_mirror(
 
     standin_mirror.clear_requests()
     chroot.run(["apt-get", "update"])
-    chroot.run([*install, *(f"{name}={PINNED}" for name in TOOLKIT)])
+    chroot.run([*install, *(f"{name}={PINNED}" for name in TOOLKIT_PACKAGES)])
     assert standin_mirror.downloads() == []  # second run: revalidated (304), nothing fetched
     assert standin_mirror.requests, "apt did not even ask the mirror"

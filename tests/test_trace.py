@@ -29,7 +29,7 @@ import pytest
 
 from generator.model import Family
 from generator.render import make_environment, render_script
-from tests.helpers import AUDITED_ERRORS, all_distro_ids, descriptor_with
+from tests.helpers import AUDITED_ERRORS, TOOLKIT_PACKAGES, all_distro_ids, descriptor_with
 from tests.support.trace import (
     EMBEDDED_MARK,
     FakeMachine,
@@ -43,12 +43,6 @@ from tests.support.trace import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 REGEN = os.environ.get("BAKEGEN_TRACE_REGEN") == "1"
-TOOLKIT_PACKAGES = (
-    "nvidia-container-toolkit",
-    "nvidia-container-toolkit-base",
-    "libnvidia-container-tools",
-    "libnvidia-container1",
-)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the trace harness runs scripts as root in mount namespaces"),

@@ -43,7 +43,7 @@ import pytest
 from generator.model import Format
 from generator.plan import CheckOptions
 from generator.render import embedded_files
-from tests.helpers import REPO, render_files
+from tests.helpers import REPO, TOOLKIT_PACKAGES, render_files
 from tests.support.mirror import Mirror, Request, key_fingerprints
 from tests.support.rootfs import default_cache_dir
 from tests.support.vm import BootEnd, VmRun, boot, kill_all_vms
@@ -56,12 +56,6 @@ GUEST_HOST = "10.0.2.2"  # the host's loopback as QEMU's user network shows it t
 REPO_NAME = "nvidia-container-toolkit"
 TOOLKIT_VERSION = "1.18.1"
 TOOLKIT_DEB_VERSION = "1.18.1-1"
-TOOLKIT_PACKAGES = (
-    "nvidia-container-toolkit",
-    "nvidia-container-toolkit-base",
-    "libnvidia-container-tools",
-    "libnvidia-container1",
-)
 KEYRING = f"/etc/apt/keyrings/{REPO_NAME}.gpg"
 SOURCE_LIST = f"/etc/apt/sources.list.d/{REPO_NAME}.list"
 PIN_FILE = f"/etc/apt/preferences.d/bakegen-{REPO_NAME}"

@@ -8,13 +8,13 @@ with) and ATTACKER. Nothing here is a vendor's key. Each entry says whether the 
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import struct
 import time
 from dataclasses import dataclass
 
 from tests.support.mirror import Gpg
+from tests.support.openpgp import colon_fingerprints
 
 LOOPBACK = ("--pinentry-mode", "loopback", "--passphrase", "")
 
@@ -48,11 +48,11 @@ def _created(gpg: Gpg, fingerprint: str) -> int:
 
 
 def _subkey_fingerprint(gpg: Gpg, fingerprint: str) -> str:
-    lines = gpg.run("--with-colons", "--with-subkey-fingerprints", "--list-keys", fingerprint).decode().splitlines()
-    for prev, line in itertools.pairwise(lines):
-        if prev.startswith("sub:") and line.startswith("fpr:"):
-            return line.split(":")[9]
-    raise RuntimeError(f"{fingerprint} has no subkey")
+    listing = gpg.run("--with-colons", "--with-subkey-fingerprints", "--list-keys", fingerprint).decode()
+    subkeys = colon_fingerprints(listing, "sub")
+    if not subkeys:
+        raise RuntimeError(f"{fingerprint} has no subkey")
+    return subkeys[0]
 
 
 def _packet(tag: int, body: bytes) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import gzip
 import http.server
-import itertools
 import shutil
 import socket
 import ssl
@@ -30,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.openpgp import colon_fingerprints
 from tests.support.standin.debs import build_debs, load_spec
 from tests.support.tls import DEFAULT_SANS, make_server_cert
 
@@ -49,12 +49,7 @@ def key_fingerprints(key: bytes) -> list[str]:
             capture_output=True,
             check=True,
         ).stdout.decode()
-    lines = out.splitlines()
-    return [
-        line.split(":")[9]
-        for prev, line in itertools.pairwise(lines)
-        if prev.startswith("pub:") and line.startswith("fpr:")
-    ]
+    return colon_fingerprints(out)
 
 
 class Mode(enum.StrEnum):

@@ -54,6 +54,7 @@ from generator.plan import Options, Plan, make_plan
 from generator.render import embedded_files, make_environment
 from generator.render import render_script as _render_script_text
 from generator.resolve import descriptor_set, load_distro
+from tests.support.openpgp import colon_fingerprints
 
 REPO = Path(__file__).resolve().parents[2]
 STUBS = REPO / "tests" / "support" / "stubs"
@@ -208,7 +209,7 @@ class KeyRing:
                 "never",
             )
             listing = self._gpg("--with-colons", "--list-keys", uid)
-            fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+            fpr = colon_fingerprints(listing)[0]
             if past:
                 self._gpg("--faked-system-time", "20200616T000000", "--quick-add-key", fpr, "ed25519", "sign", "1y")
             armored = self._gpg("--armor", "--export", fpr).encode()
@@ -242,15 +243,7 @@ def describe_keys(data: bytes, home: Path) -> list[str]:
         capture_output=True,
         check=False,
     )
-    fprs, want = [], False
-    for line in result.stdout.decode(errors="replace").splitlines():
-        fields = line.split(":")
-        if fields[0] == "pub":
-            want = True
-        elif fields[0] == "fpr" and want:
-            fprs.append(fields[9])
-            want = False
-    return fprs
+    return colon_fingerprints(result.stdout.decode(errors="replace"))
 
 
 # ---------------------------------------------------------------------------------------------------------
