@@ -564,9 +564,10 @@ pm_install_missing() {
 # repo_add NAME DESCRIPTION URL KEY_URL FINGERPRINT PKG_CHECK METADATA_CHECK
 repo_add() { rpm_repo_add "/etc/yum.repos.d/$1.repo" dnf_refresh_repo "$@" ""; }
 
-# Whether dnf's version lock list has an entry for package NAME (dnf 4: NAME-EPOCH:VERSION-RELEASE.*; dnf5:
-# "Package name: NAME").
-dnf_locked() { grep -Eq "^($1-[0-9]+:|Package name: $1\$)" <<<"$(dnf -q versionlock list 2>/dev/null)"; }
+# dnf_locked NAME LOCKS: whether LOCKS, dnf's version lock list (dnf_locks, read once per pass: each read is a dnf
+# start), has an entry for package NAME (dnf 4: NAME-EPOCH:VERSION-RELEASE.*; dnf5: "Package name: NAME").
+dnf_locked() { grep -Eq "^($1-[0-9]+:|Package name: $1\$)" <<<"$2"; }
+dnf_locks() { dnf -q versionlock list 2>/dev/null || true; }
 
 # Hold installed packages with dnf versionlock. The driver and its fabric manager: NVIDIA's version lock (driver
 # installation guide, "Version locking"; evidence driver.versionlock), every installed package of the branch at its
@@ -575,16 +576,20 @@ dnf_locked() { grep -Eq "^($1-[0-9]+:|Package name: $1\$)" <<<"$(dnf -q versionl
 # new --driver-version releases these locks first (pm_release_holds). A pinned toolkit is locked by name.
 pm_hold_installed() {
   local name=$1; shift
-  local pkg held=()
+  local pkg held=() locks
+  locks=$(dnf_locks)
   for pkg in "$@"; do
-    if [ -n "$(pkg_version "$pkg")" ] && ! dnf_locked "$pkg"; then held+=("$pkg"); fi
+    if [ -n "$(pkg_version "$pkg")" ] && ! dnf_locked "$pkg" "$locks"; then held+=("$pkg"); fi
   done
   if [ "${#held[@]}" -eq 0 ]; then log "$name already held"; return 0; fi
-  if [ "$name" = nvidia-driver ]; then run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"; fi
+  if [ "$name" = nvidia-driver ]; then
+    run dnf -q versionlock add "*nvidia*$DRIVER_BRANCH*"
+    locks=$(dnf_locks)
+  fi
   # By name too: dnf 4's versionlock adds nothing for a pattern that an entry already matches (versionlock.py,
   # _search_locklist), so a package installed after the driver's lock (the fabric manager) needs its own.
   local unlocked=()
-  for pkg in "${held[@]}"; do dnf_locked "$pkg" || unlocked+=("$pkg"); done
+  for pkg in "${held[@]}"; do dnf_locked "$pkg" "$locks" || unlocked+=("$pkg"); done
   if [ "${#unlocked[@]}" -gt 0 ]; then run dnf -q versionlock add "${unlocked[@]}"; fi
 }
 
