@@ -45,6 +45,22 @@ class RootfsError(Exception):
     """A root filesystem could not be built, entered or cleaned up."""
 
 
+def _argv(cmd: Sequence[str] | str) -> list[str]:
+    return ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+
+
+def _clean_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """What a command inside a root filesystem sees: nothing of the host's environment."""
+    return {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "TERM": "dumb",
+        **(env or {}),
+    }
+
+
 class ChrootCommandError(subprocess.CalledProcessError):
     """A command inside the chroot failed; str() includes the tail of its output."""
 
@@ -288,18 +304,10 @@ class Chroot:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run `cmd` inside (a string goes through /bin/sh -c) with a clean environment."""
-        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        full_env = {
-            "PATH": CHROOT_PATH,
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            "DEBIAN_FRONTEND": "noninteractive",
-            "TERM": "dumb",
-        }
-        full_env.update(env or {})
+        argv = _argv(cmd)
         result = subprocess.run(
             ["chroot", str(self.root), *argv],
-            env=full_env,
+            env=_clean_env(env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -308,6 +316,19 @@ class Chroot:
         if check and result.returncode != 0:
             raise ChrootCommandError(result.returncode, argv, result.stdout, result.stderr)
         return result
+
+    def start(self, cmd: Sequence[str] | str, *, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        """`cmd` started inside as `run` would run it, in the background and in a process group of its own (to
+        interrupt it), its output and errors together on one pipe."""
+        return subprocess.Popen(
+            ["chroot", str(self.root), *_argv(cmd)],
+            env=_clean_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     def host_path(self, path: str) -> Path:
         """Where `path` (as seen inside) lives on the host, resolving symlinks inside the root."""

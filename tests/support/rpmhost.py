@@ -53,7 +53,7 @@ from generator.render import render_script as render_script_text
 from generator.resolve import descriptor_set, load_distro
 from tests.support import toolkit
 from tests.support.https import StaticHttps
-from tests.support.rootfs import CHROOT_PATH, Chroot, Release, build_rootfs, default_cache_dir
+from tests.support.rootfs import Chroot, Release, build_rootfs, default_cache_dir
 from tests.support.trace import KeyRing, Machine, make_world
 
 HERE = Path(__file__).resolve().parent
@@ -656,22 +656,7 @@ class RpmWorld:
         repomd = self.server.www / self.repos[repo].path.lstrip("/") / "repodata" / "repomd.xml"
         asc = repomd.with_name("repomd.xml.asc")
         asc.unlink(missing_ok=True)
-        _run(
-            [
-                "gpg",
-                "--homedir",
-                str(self.keys.home),
-                "--batch",
-                "--yes",
-                "--armor",
-                "--local-user",
-                fingerprint,
-                "--detach-sign",
-                "--output",
-                str(asc),
-                str(repomd),
-            ]
-        )
+        self.keys.detach_sign(fingerprint, repomd, asc)
 
     def publish_more(self, repo: str, specs: Iterable[RpmSpec]) -> None:
         """Add stand-ins to a published repository (a newer release appearing upstream), signed and indexed as the
@@ -806,18 +791,8 @@ class RpmTarget:
 
     def start_script(self) -> subprocess.Popen[str]:
         """The script started in the background, in a process group of its own (for interrupting it)."""
-        c = self.chroot
-        c.write_text(SCRIPT, self.world.script, mode=0o755)
-        env = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
-        return subprocess.Popen(
-            ["chroot", str(c.root), "/bin/bash", SCRIPT],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        self.chroot.write_text(SCRIPT, self.world.script, mode=0o755)
+        return self.chroot.start(["/bin/bash", SCRIPT])
 
     def query(self, cmd: str) -> str:
         return self.chroot.run(cmd).stdout

@@ -216,6 +216,12 @@ class KeyRing:
             self._keys[label] = Key(label, fpr, armored)
         return self._keys[label]
 
+    def detach_sign(self, fingerprint: str, source: Path, target: Path) -> None:
+        """An armored detached signature of `source` by `fingerprint`, written to `target` (e.g. repomd.xml.asc)."""
+        self._gpg(
+            "--yes", "--armor", "--local-user", fingerprint, "--detach-sign", "--output", str(target), str(source)
+        )
+
     def labels(self) -> dict[str, str]:
         """fingerprint -> label, for making traces readable and stable."""
         return {k.fingerprint: k.label for k in self._keys.values()}
