@@ -601,7 +601,7 @@ pm_release_holds() {
   for pkg in "$@"; do
     have=$(pkg_version "$pkg")
     [ -n "$have" ] || continue
-    mapfile -t -O "${#names[@]}" names < <(dnf -q versionlock list 2>/dev/null | awk -v v="${have%%-*}" '
+    mapfile -t -O "${#names[@]}" names < <(dnf_locks | awk -v v="${have%%-*}" '
       /^Package name: / { name = $3; next }
       /^evr = / { if (index($3, ":" v "-") || index($3, v "-") == 1) print name; next }
       index($0, ":" v "-") { sub(/-[0-9]+:.*/, ""); print }')
