@@ -275,8 +275,9 @@ def _edit_list(items: list[Any], edits: Mapping[str, Any], path: KeyPath) -> lis
         missing = [old for old in argument or () if old not in items] if operation != "append" else []
         if missing:
             raise ListEditError((*path, operation), f"{missing[0]!r} is not in the inherited list {items}")
+    replacements: Mapping[str, Any] = replaced or {}
     result = [item for item in items if item not in (removed or ())]
-    result = [(replaced or {}).get(item, item) for item in result]
+    result = [replacements[item] if isinstance(item, str) and item in replacements else item for item in result]
     return result + list(appended or ())
 
 

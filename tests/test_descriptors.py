@@ -251,6 +251,15 @@ BAD_DESCRIPTORS = [
         id="unknown-list-edit",
     ),
     pytest.param(
+        {
+            "bad.yaml": "extends: rhel9\ndriver:\n  sources:\n    cuda-repo:\n      fabric_manager:\n"
+            "        replace: {nvidia-fabricmanager: nvidia-fm}\n"
+        },
+        "bad",
+        ["bad.yaml:6: driver.sources.cuda-repo.fabric_manager.replace: 'nvidia-fabricmanager' is not in the inherited"],
+        id="list-edit-replacing-in-a-list-of-mappings",
+    ),
+    pytest.param(
         {"bad.yaml": "extends: rhel9\nkernel:\n  extra: {append: [kernel-tools]}\n"},
         "bad",
         ["bad.yaml:3: kernel.extra: edits an inherited list, but no parent sets extra"],
