@@ -25,6 +25,9 @@ from .validate import run_validate
 
 # The smallest user-data limit of the clouds bakegen knows (AWS's): generic user-data above it gets a note.
 USER_DATA_WARN_BYTES = min(f.limit for f in USER_DATA_FORMS.values() if f.limit)
+USER_DATA_SIZE_HINT = (
+    "for a cloud that limits user-data, generate with --cloud aws|azure|gcp (README: User-data per cloud)"
+)
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,11 @@ def run_generate(argv: Sequence[str]) -> int:
             )
         print(f"bakegen: {len(targets)} generated files match {args.out}/")
         return 0
-    for label, name in unverified.items():
-        print(
-            f"bakegen: note: {label} repository key has no verified fingerprint: the script refuses it until "
-            f"generated with --key-fingerprint {name}=<40 hex digits> (see `bakegen show`)",
-            file=sys.stderr,
-        )
+    notes = [
+        f"{label} repository key has no verified fingerprint: the script refuses it until generated with "
+        f"--key-fingerprint {name}=<40 hex digits> (see `bakegen show`)"
+        for label, name in unverified.items()
+    ] + notes
     if args.stdout:
         assert rendered_for_stdout is not None
         content = rendered_for_stdout.content
@@ -112,32 +114,42 @@ def run_generate(argv: Sequence[str]) -> int:
             sys.stdout.buffer.write(content)
         else:
             sys.stdout.write(content)
+        _print_notes(notes)
         return 0
     ensure_writable(args.out)  # after every job rendered: a bad option or an oversized file leaves no trace
-    for path in write_atomically(targets):
+    # Everything is written (and pruned) before anything is printed: a reader that closes the pipe early
+    # (`bakegen all | head`) ends the printing, never the writing.
+    paths = write_atomically(targets)
+    removed = prune(targets, args.out) if whole_matrix else []
+    for path in paths:
         print(path)
-    if whole_matrix:
-        for path in prune(targets, args.out):
-            print(f"removed {path}", file=sys.stderr)
-    if len(notes) == 1:
-        print(f"bakegen: note: {notes[0]}", file=sys.stderr)
-    elif notes:
+    for path in removed:
+        print(f"removed {path}", file=sys.stderr)
+    _print_notes(notes)
+    return 0
+
+
+def _print_notes(notes: list[str]) -> None:
+    """Notes on stderr; several about generic user-data sizes are summed up in one."""
+    sizes = [note for note in notes if note.endswith(USER_DATA_SIZE_HINT)]
+    for note in notes:
+        if note not in sizes:
+            print(f"bakegen: note: {note}", file=sys.stderr)
+    if len(sizes) == 1:
+        print(f"bakegen: note: {sizes[0]}", file=sys.stderr)
+    elif sizes:
         print(
-            f"bakegen: note: {len(notes)} generic user-data files are above {USER_DATA_WARN_BYTES:,} bytes: for a "
-            "cloud that limits user-data, generate with --cloud aws|azure|gcp (README: User-data per cloud)",
+            f"bakegen: note: {len(sizes)} generic user-data files are above {USER_DATA_WARN_BYTES:,} bytes: "
+            + USER_DATA_SIZE_HINT,
             file=sys.stderr,
         )
-    return 0
 
 
 def user_data_size_note(label: str, data: bytes) -> str | None:
     """Generic user-data has no limit; say which option fits it to a cloud that has one."""
     if len(data) <= USER_DATA_WARN_BYTES:
         return None
-    return (
-        f"{label} is {len(data):,} bytes, no limit applied (--cloud generic): for a cloud that limits user-data, "
-        "generate with --cloud aws|azure|gcp (README: User-data per cloud)"
-    )
+    return f"{label} is {len(data):,} bytes, no limit applied (--cloud generic): {USER_DATA_SIZE_HINT}"
 
 
 def run_list(argv: Sequence[str]) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 
 GOOD_FPR = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 
@@ -280,3 +283,21 @@ def test_show_prints_the_resolved_descriptor() -> None:
     assert result.stdout.startswith("# distros/rocky9.yaml, extends: rhel9 -> rhel -> rpm-family -> common\n")
     data = yaml.safe_load(result.stdout)
     assert data["os_release"]["id"] == "rocky" and data["family"] == "dnf" and "cuda-repo" in data["driver"]["sources"]
+
+
+def test_a_reader_that_stops_early_stops_the_printing_never_the_writing(tmp_path: Path) -> None:
+    """`bakegen all | head -1`, and stderr to a reader that is gone: every file is still written and the matrix
+    pruned (the printing comes last); before, a closed pipe ended the run with exit 0 and a partial out/."""
+    out = tmp_path / "out"
+    leftover = out / "retired-distro" / "x86_64" / "install.sh"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("#!/bin/sh\n")
+    command = (
+        f"{shlex.quote(sys.executable)} -m generator all --format all --out {shlex.quote(str(out))}"
+        " 2> >(exit 0) | head -c 1 >/dev/null"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(["bash", "-c", command], cwd=REPO, env=env, check=True, timeout=300)
+    assert not leftover.exists()
+    check = run_cli("all", "--format", "all", "--out", str(out), "--check")
+    assert check.returncode == 0, check.stderr
