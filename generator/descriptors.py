@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import jsonschema
 
 from .errors import DescriptorError
-from .paths import data_dir, user_cache
+from .paths import data_dir, found_valid, remember_valid, user_cache
 
 KeyPath = tuple[str, ...]
 # Where each key of a merged document was last set: the file and line that a message should point at.
@@ -70,10 +70,13 @@ def _schema() -> dict[str, Any]:
     return loaded
 
 
+VALID_DESCRIPTORS = "valid-descriptors"  # the cache folder of descriptors found valid
+
+
 def validity_cache() -> Path | None:
     """Where descriptors found valid are remembered ($BAKEGEN_CACHE or ~/.cache/bakegen); None: not at all
     (BAKEGEN_NO_CACHE set)."""
-    return user_cache("valid-descriptors")
+    return user_cache(VALID_DESCRIPTORS)
 
 
 def _validity_key(merged: MergedDescriptor) -> str:
@@ -349,9 +352,8 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
     """Check a merged descriptor against the JSON Schema; each problem as `file:line: key: message`."""
     if merged.abstract:
         return []
-    cache = validity_cache()
-    key = _validity_key(merged) if cache else ""
-    if cache and (cache / key).exists():
+    key = _validity_key(merged)
+    if found_valid(VALID_DESCRIPTORS, key):
         return []
     import jsonschema  # 50 ms of a cold start: only when a descriptor is new or changed
 
@@ -367,12 +369,8 @@ def schema_problems(merged: MergedDescriptor) -> list[str]:
                 problems.append(locate(merged, (*path, key), message))
             continue
         problems.append(locate(merged, path, _message(error)))
-    if cache and not problems:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            (cache / key).touch()
-        except OSError:
-            pass  # a read-only home: validated again next time
+    if not problems:
+        remember_valid(VALID_DESCRIPTORS, key)
     return problems
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .model import release_placeholders
 from .paths import data_dir
 
 # The descriptor paths that hold vendor facts (list indices written as *).
@@ -172,15 +173,12 @@ PER_RELEASE = ("vars.", "cloud.")
 
 
 class _ReleaseValues(dict[str, str]):
-    """A release's own placeholders filled in (a parent's `rhel{version_id}` is rhel9's fact `rhel9`), every other
-    placeholder left as written."""
+    """A release's own placeholders filled in as a plan fills them (a parent's `rhel{version_id}` is rhel9's fact
+    `rhel9`), every other placeholder left as written."""
 
     def __init__(self, os_release: dict[str, Any]) -> None:
-        version = str(os_release.get("version_id", "{version_id}"))
         super().__init__(
-            version_id=version,
-            codename=str(os_release.get("codename", "{codename}")),
-            version_nodot=version.replace(".", ""),
+            release_placeholders(str(os_release.get("version_id", "")), str(os_release.get("codename", "")))
         )
 
     def __missing__(self, key: str) -> str:

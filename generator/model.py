@@ -186,3 +186,8 @@ class Distro:
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
+
+
+def release_placeholders(version_id: str, codename: str) -> dict[str, str]:
+    """The placeholders a release fills in by itself: {version_id}, {codename}, {version_nodot} (22.04 -> 2204)."""
+    return {"version_id": version_id, "codename": codename, "version_nodot": version_id.replace(".", "")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +50,19 @@ def remembered(kind: str, key: str, make: Callable[[], str]) -> str:
     except OSError:
         pass
     return text
+
+
+def found_valid(kind: str, key: str) -> bool:
+    """Whether a check passed before on the input whose hash is `key` (hashing everything the check depends on)."""
+    folder = user_cache(kind)
+    return folder is not None and (folder / key).exists()
+
+
+def remember_valid(kind: str, key: str) -> None:
+    """Record that the check passed on `key`'s input: an empty file of that name. Never a failure: a read-only
+    home means the check runs again next time."""
+    folder = user_cache(kind)
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (folder / key).touch()

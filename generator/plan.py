@@ -17,6 +17,7 @@ from .model import (
     Repo,
     RepoSpec,
     Runtime,
+    release_placeholders,
 )
 
 # NVIDIA Container Toolkit releases below this have CVE-2025-23266 (and the older CVE-2024-0132/0133).
@@ -245,9 +246,7 @@ def placeholder_values(distro: Distro, arch: Arch, branch: str = "") -> dict[str
         "cuda_arch": arch.cuda,
         "aws_arch": {Arch.X86_64: "x86_64", Arch.AARCH64: "arm64"}[arch],
         "branch": branch,
-        "codename": distro.codename,
-        "version_id": distro.version_id,
-        "version_nodot": distro.version_id.replace(".", ""),
+        **release_placeholders(distro.version_id, distro.codename),
     }
     return {**{name: _fill(value, builtin) for name, value in distro.vars.items()}, **builtin}
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 
 import yaml
 
 from .errors import BakegenError
-from .paths import user_cache
+from .paths import found_valid, remember_valid
 from .render import FileKind, RenderedFile
 from .userdata import unpack
 
@@ -41,8 +39,8 @@ def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
     """`bash -n` of each script, a few processes at a time: the first error line, or None. A script this bash
     found valid before is not parsed again (remembered by a hash of the script and of the bash binary)."""
     found: dict[str | bytes, str | None] = {}
-    valid = _ValidScripts()
-    found.update((script, None) for script in scripts if valid.known(script))
+    bash = _bash_identity()
+    found.update((script, None) for script in scripts if found_valid(VALID_SCRIPTS, _script_key(bash, script)))
     scripts = [script for script in scripts if script not in found]
     width = max(2, os.cpu_count() or 2)
     for start in range(0, len(scripts), width):
@@ -61,38 +59,26 @@ def _bash_syntax(scripts: list[str]) -> dict[str | bytes, str | None]:
             _, stderr = process.communicate(script)
             found[script] = (stderr.strip().splitlines() or ["bash -n failed"])[0] if process.returncode else None
             if not process.returncode:
-                valid.remember(script)
+                remember_valid(VALID_SCRIPTS, _script_key(bash, script))
     return found
 
 
-class _ValidScripts:
-    """Scripts `bash -n` accepted, in the cache as empty files named by a hash of the bash binary (its path, size
-    and modification time) and of the script: another bash or another byte is another name, never a stale entry."""
+VALID_SCRIPTS = "valid-scripts"  # the cache folder of scripts bash -n accepted
 
-    def __init__(self) -> None:
-        self.folder = user_cache("valid-scripts")
-        bash = shutil.which("bash")
-        if self.folder is None or bash is None:
-            self.folder, self.bash = None, ""
-            return
+
+def _script_key(bash: str, script: str) -> str:
+    """A name for `script` as `bash` (_bash_identity) parses it: another bash or another byte is another name."""
+    return hashlib.sha256(f"{bash}\0{script}".encode()).hexdigest()
+
+
+def _bash_identity() -> str:
+    """The bash binary that parses: its path, size and modification time."""
+    bash = shutil.which("bash") or "bash"
+    try:
         stat = os.stat(bash)
-        self.bash = f"{os.path.realpath(bash)}\0{stat.st_size}\0{stat.st_mtime_ns}"
-
-    def _entry(self, script: str) -> Path | None:
-        if self.folder is None:
-            return None
-        return self.folder / hashlib.sha256(f"{self.bash}\0{script}".encode()).hexdigest()
-
-    def known(self, script: str) -> bool:
-        entry = self._entry(script)
-        return entry is not None and entry.exists()
-
-    def remember(self, script: str) -> None:
-        entry = self._entry(script)
-        if entry is not None:
-            with contextlib.suppress(OSError):
-                entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                entry.touch()
+    except OSError:
+        return bash
+    return f"{os.path.realpath(bash)}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 def _problem(file: RenderedFile) -> str | None:
