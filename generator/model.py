@@ -129,6 +129,11 @@ class DriverSource:
     arches: tuple[Arch, ...] = ()  # the arches it has packages for; empty = all of the distribution's
     fabric_manager: tuple[FabricManagerName, ...] = ()  # empty: the source has no fabric manager
 
+    @property
+    def dkms_fallback(self) -> bool:
+        """Precompiled modules, and DKMS for a kernel that has none (as ubuntu-drivers does)."""
+        return self.kind is DriverSourceKind.UBUNTU_DRIVERS
+
 
 @dataclass(frozen=True)
 class RuntimeSupport:

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import jinja2.bccache
 
-from . import __version__, embed, hclfmt, quoting
+from . import __version__, embed, hclfmt, prune, quoting
 from .errors import BakegenError
 from .model import UNVERIFIED_FINGERPRINT, Cloud, Family, Format, Runtime
 from .packer import (
@@ -283,8 +283,10 @@ def _render(env: jinja2.Environment, names: str | list[str], context: dict[str, 
 
 
 def render_script(env: jinja2.Environment, plan: Plan, embedded: bool = False) -> str:
-    """The install script; `embedded`: the copy user-data carries, without comments (its usage text is kept)."""
+    """The install script, with the functions its plan calls; `embedded`: the copy user-data carries, without
+    comments (its usage text is kept)."""
     script = _render(env, "shell/install.sh.j2", _context(plan, "Install script", embedded))
+    script = prune.drop_unused_functions(script, HEREDOC_END)
     if embedded:
         script = embed.strip_shell(script, HEREDOC_END, keep_until=SCRIPT_HEADER_END)
     return script

@@ -267,7 +267,7 @@ def test_options_reach_the_generated_script() -> None:
     assert "readonly DRIVER_MODULE_STREAM=nvidia-driver:570-dkms" in script
     assert "readonly TOOLKIT_VERSION=1.18.1-1" in script
     assert "https://mirror.example:8443/nct/stable/rpm/x86_64" in script and GOOD_FPR in script
-    assert "configure_runtime containerd" in script and "readonly CDI=1" in script
+    assert "configure_runtime containerd" in script and "--cdi.enabled --set-as-default" in script
     assert '"gpus": "\\"device=0,1\\""' in script and '"registry.example/cuda:12.9"' in script
 
 

@@ -34,15 +34,11 @@ readonly DRIVER_VERSION=''
 readonly DRIVER_MODULES=proprietary
 readonly DRIVER_PACKAGES=(nvidia-kernel-dkms nvidia-smi libcuda1 nvidia-persistenced)
 readonly DRIVER_PIN=('nvidia-*' 'libnvidia-*' 'libcuda*' 'firmware-nvidia-*' 'xserver-xorg-video-nvidia*')
-readonly DRIVER_DKMS=1
-DKMS_BUILDS=$DRIVER_DKMS  # 1 where DKMS builds the module (also: precompiled modules missing for a kernel)
 readonly DRIVER_COMPONENTS=(main contrib non-free)
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
-readonly CDI=0
-readonly CHECK_CONTAINER_TEST=1
 readonly CHECK_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
 # The GPU check runs with this PATH (as its unit runs it), and within this bound.
 readonly CHECK_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
@@ -379,6 +375,7 @@ require_reboot() {
 # ---------------------------------------------------------------------------------------------------------
 # Package manager: apt (Debian, Ubuntu).
 # ---------------------------------------------------------------------------------------------------------
+# The suites whose archive components ensure_components adds.
 readonly OS_CODENAME=bullseye
 export DEBIAN_FRONTEND=noninteractive
 readonly APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5
@@ -661,69 +658,12 @@ exit 1
 BAKEGEN_EMBEDDED_FILE_END
 }
 
-# Canonical's signed, precompiled modules for the branch (ubuntu-drivers' packages), installed with apt: the
-# ubuntu-drivers command installs only for hardware it detects, so it cannot bake an image on a machine without
-# a GPU, and it leaves out nvidia-utils. As ubuntu-drivers does (UbuntuDrivers/detect.py,
-# get_linux_modules_metapackage): the modules metapackage of each installed kernel flavour
-# (linux-modules-nvidia-<driver flavour>-<kernel flavour>), which follows that flavour's kernel updates, and the
-# modules of each kernel present now.
-driver_install_ubuntu_drivers() {
-  local flavour="${DRIVER_BRANCH}-server" kernel kflavour meta mods=()
-  if [ "$DRIVER_MODULES" = open ]; then flavour="$flavour-open"; fi
-  for kflavour in $(kernel_flavours); do
-    meta="linux-modules-nvidia-$flavour-$kflavour"
-    if [ -n "$(pkg_version "$meta")" ] || apt_offers "$meta"; then
-      mods+=("$meta")
-    else
-      note "no $meta in the archive: DKMS builds the NVIDIA modules of kernel flavour $kflavour's updates"
-      DKMS_BUILDS=1
-    fi
-  done
-  if [ "${#mods[@]}" -eq 0 ]; then
-    note "no kernel flavour metapackage (linux-image-<flavour>) is installed: DKMS builds the modules of new kernels"
-    DKMS_BUILDS=1
-  fi
-  for kernel in $(target_kernels); do
-    meta="linux-modules-nvidia-$flavour-$kernel"
-    if [ -n "$(pkg_version "$meta")" ] || apt_offers "$meta"; then
-      mods+=("$meta")
-    else
-      note "no precompiled NVIDIA modules for kernel $kernel in the archive: DKMS builds them"
-      DKMS_BUILDS=1
-    fi
-  done
-  # Where precompiled modules do not cover a kernel, ubuntu-drivers falls back to the DKMS package of the same
-  # driver flavour (UbuntuDrivers/detect.py; evidence ubuntu.dkms_fallback), which needs the kernels' headers.
-  if [ "$DKMS_BUILDS" = 1 ]; then
-    require_dkms_signing
-    install_kernel_headers
-    mods+=("nvidia-dkms-$flavour")
-  fi
-  pm_install "${DRIVER_PACKAGES[@]}" "${mods[@]}"
-}
-
 # The kernel flavours installed as metapackages (linux-image-generic, linux-image-aws,
 # linux-image-generic-hwe-24.04, ...), not the ABI-versioned kernel packages.
 kernel_flavours() {
   { dpkg-query -W -f='${db:Status-Status} ${Package}\n' 'linux-image-*' 2>/dev/null || true; } |
     awk '$1 == "installed" && $2 !~ /^linux-image-(unsigned-)?[0-9]/ { sub(/^linux-image-/, "", $2); print $2 }'
 }
-
-# NAME at upstream version UPSTREAM as apt installs it (NAME=FULL_VERSION), when that is the candidate the driver's
-# pins (or the archive's newest) make it; fails otherwise.
-pkg_spec_at() {
-  local candidate
-  candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
-  case ${candidate#*:} in
-    "$2"-*) printf '%s=%s\n' "$1" "$candidate" ;;
-    *) return 1 ;;
-  esac
-}
-
-# Whether the archive offers NAME: by apt's lists, refreshed (once a run) when they do not have it. Lists left from
-# an image's build can be older than the package (precompiled modules follow a kernel by days), and taking DKMS
-# for Canonical's signed modules would matter under Secure Boot.
-apt_offers() { apt_has_candidate "$1" || { pm_refresh && apt_has_candidate "$1"; }; }
 
 apt_has_candidate() { grep -q 'Candidate: [^(]' <<<"$(apt-cache policy "$1" 2>/dev/null)"; }
 
@@ -795,22 +735,23 @@ step_base() {
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
   if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
-  if [ "$DRIVER_DKMS" = 1 ]; then require_dkms_signing; fi
+  require_dkms_signing
 
   local blacklist=/etc/modprobe.d/bakegen-blacklist-nouveau.conf
   printf 'blacklist nouveau\noptions nouveau modeset=0\n' | put_file 0644 "$blacklist"
   local blacklist_changed=$CHANGED
   if [ -d /sys/module/nouveau ] && ! in_chroot; then require_reboot "the nouveau driver is loaded"; fi
 
-  if [ "$DRIVER_DKMS" = 1 ]; then install_kernel_headers; fi
-  if [ "${#DRIVER_COMPONENTS[@]}" -gt 0 ]; then ensure_components "${DRIVER_COMPONENTS[@]}"; fi
-  if [ "${#DRIVER_PIN[@]}" -gt 0 ]; then pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"; fi
+  install_kernel_headers
+  ensure_components "${DRIVER_COMPONENTS[@]}"
+  pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"
 
   driver_install_packages
   local driver_changed=$CHANGED
   pm_hold_installed nvidia-driver "${DRIVER_PACKAGES[@]}"
 
-  if [ "$DKMS_BUILDS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
+  ensure_dkms_modules
+  install_kernel_guard
   # After the driver: its packages usually rebuild the initramfs themselves (with the blacklist in it by then);
   # rebuilding before them would be wasted minutes. Judged by age, so a run interrupted before this rebuilds.
   if [ "$DRY_RUN" = 1 ]; then
@@ -887,23 +828,22 @@ kernel_package_patterns() {
 }
 
 install_kernel_headers() {
-  local kernel pattern flavour meta pkgs=()
+  local kernel pattern pkgs=()
   for kernel in $(target_kernels); do
     for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
   # The headers metapackage of each installed kernel flavour: a kernel update then brings its headers, and DKMS
   # builds the module for it (bakegen-kernel-guard checks that it did).
-  if [ -n "$KERNEL_HEADERS_META" ]; then
-    # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
-    # a second run, with them installed, fetches nothing).
-    for pattern in "${pkgs[@]}"; do
-      if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
-    done
-    for flavour in $(kernel_flavours); do
-      meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
-      if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
-    done
-  fi
+  local flavour meta
+  # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
+  # a second run, with them installed, fetches nothing).
+  for pattern in "${pkgs[@]}"; do
+    if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
+  done
+  for flavour in $(kernel_flavours); do
+    meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
+    if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
+  done
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
   pm_install "${pkgs[@]}"
 }
@@ -1017,10 +957,7 @@ configure_runtime() {
       note "dockerd is installed without the docker command: install your distribution's Docker CLI (trixie: docker-cli)"
     fi
   fi
-  local before after cdi_flag=()
-  # --cdi: the runtime's CDI support on, and the nvidia runtime the default, which serves `docker run --gpus`
-  # from the CDI specification (only the legacy mode answers --gpus without it: the runtime's README).
-  if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled --set-as-default); fi
+  local before after
   before=$(config_sum "$config")
   # Keep the user's own configuration as it was before bakegen, not bakegen's (a rerun after a first run that
   # found no daemon.json).
@@ -1028,7 +965,7 @@ configure_runtime() {
       ! grep -q nvidia-container-runtime "$config"; then
     run cp -p "$config" "$config.bakegen-backup"
   fi
-  run nvidia-ctk runtime configure --runtime="$name" "${cdi_flag[@]}" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
+  run nvidia-ctk runtime configure --runtime="$name" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
   after=$(config_sum "$config")
   if have systemctl; then run systemctl enable "$service.service" >/dev/null 2>&1 || note "could not enable $service"; fi
   if ! systemd_running; then
@@ -1050,21 +987,6 @@ configure_runtime() {
 step_runtimes() {
   configure_runtime docker docker dockerd \
     /etc/docker/daemon.json docker.io
-  if [ "$CDI" = 1 ]; then
-    step cdi "Container Device Interface specification"
-    if ! grep -qx 'mode = "cdi"' /etc/nvidia-container-runtime/config.toml 2>/dev/null; then
-      run nvidia-ctk config --in-place --set nvidia-container-runtime.mode=cdi ||
-        die "$EX_FAILURE" "nvidia-ctk could not set the runtime's mode to cdi"
-    fi
-    if have systemctl && systemctl list-unit-files nvidia-cdi-refresh.path >/dev/null 2>&1; then
-      run systemctl enable nvidia-cdi-refresh.path >/dev/null 2>&1 || true
-    fi
-    if [ -n "$(loaded_driver_version || true)" ]; then
-      run nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml || die "$EX_FAILURE" "nvidia-ctk cdi generate failed"
-    else
-      note "no driver loaded: the CDI specification is generated at boot (nvidia-cdi-refresh) or by rerunning this script"
-    fi
-  fi
 }
 
 step_check() {
@@ -2124,7 +2046,6 @@ BAKEGEN_EMBEDDED_FILE_END
 
 # The smoke test's image is pulled now, by the install: the check never pulls at boot (docker run --pull=never).
 pull_check_image() {
-  [ "$CHECK_CONTAINER_TEST" = 1 ] || return 0
   if ! systemd_running || ! have docker; then
     note "the GPU check's image $CHECK_IMAGE was not pulled (docker is not run by systemd here): pull it before the check runs"
     return 0

@@ -27,23 +27,17 @@ readonly BASE_PACKAGES=(ca-certificates curl gnupg2 python3 pciutils kmod python
 readonly RETIRED_KEYS=(AE09FE4BBD223A84B2CCFCE3F60F4B3D7FA2AF80)
 readonly KERNEL_HEADERS='kernel-devel-{kernel}'
 readonly KERNEL_EXTRA=()
-readonly KERNEL_HEADERS_META=''
 readonly DRIVER_SOURCE=cuda-repo
 readonly DRIVER_BRANCH=580
 readonly DRIVER_VERSION=''
 readonly DRIVER_MODULES=open
 readonly DRIVER_PACKAGES=(nvidia-open)
 readonly DRIVER_PIN=('nvidia-*' 'kmod-nvidia-*' 'libnvidia-*' 'cuda-drivers*' 'xorg-x11-drv-nvidia*' 'dkms-nvidia*')
-readonly DRIVER_DKMS=1
-DKMS_BUILDS=$DRIVER_DKMS  # 1 where DKMS builds the module (also: precompiled modules missing for a kernel)
-readonly DRIVER_COMPONENTS=()
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly FABRIC_MANAGER=nvidia-fabricmanager FABRIC_MANAGER_MODE=auto
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
-readonly CDI=0
-readonly CHECK_CONTAINER_TEST=1
 readonly CHECK_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
 # The GPU check runs with this PATH (as its unit runs it), and within this bound.
 readonly CHECK_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
@@ -546,11 +540,6 @@ pkg_spec_at() {
   printf '%s=%s\n' "$1" "$2"
 }
 
-pm_refresh() {
-  if [ "$DRY_RUN" = 1 ]; then log "dry-run: would run: dnf makecache"; return 0; fi
-  retry 3 "${DNF[@]}" makecache >/dev/null || die "$EX_NETWORK" "dnf makecache failed"
-}
-
 dnf_refresh_repo() { "${DNF[@]}" makecache --disablerepo='*' --enablerepo="$1" >/dev/null; }
 
 # Install package specs (NAME or NAME=VERSION) that pm_install found missing.
@@ -691,14 +680,14 @@ step_base() {
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
   if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
-  if [ "$DRIVER_DKMS" = 1 ]; then require_dkms_signing; fi
+  require_dkms_signing
 
   local blacklist=/etc/modprobe.d/bakegen-blacklist-nouveau.conf
   printf 'blacklist nouveau\noptions nouveau modeset=0\n' | put_file 0644 "$blacklist"
   local blacklist_changed=$CHANGED
   if [ -d /sys/module/nouveau ] && ! in_chroot; then require_reboot "the nouveau driver is loaded"; fi
 
-  if [ "$DRIVER_DKMS" = 1 ]; then install_kernel_headers; fi
+  install_kernel_headers
   repo_add epel \
       'Extra Packages for Enterprise Linux' \
       https://dl.fedoraproject.org/pub/epel/9/Everything/aarch64 \
@@ -713,14 +702,14 @@ step_driver() {
       610C7B14E068A878070DA4E99CD0A493D42D0685 \
       1 \
       1
-  if [ "${#DRIVER_COMPONENTS[@]}" -gt 0 ]; then ensure_components "${DRIVER_COMPONENTS[@]}"; fi
-  if [ "${#DRIVER_PIN[@]}" -gt 0 ]; then pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"; fi
+  pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"
 
   driver_install_packages
   local driver_changed=$CHANGED
   pm_hold_installed nvidia-driver "${DRIVER_PACKAGES[@]}"
 
-  if [ "$DKMS_BUILDS" = 1 ]; then ensure_dkms_modules; install_kernel_guard; fi
+  ensure_dkms_modules
+  install_kernel_guard
   # After the driver: its packages usually rebuild the initramfs themselves (with the blacklist in it by then);
   # rebuilding before them would be wasted minutes. Judged by age, so a run interrupted before this rebuilds.
   if [ "$DRY_RUN" = 1 ]; then
@@ -873,23 +862,10 @@ kernel_package_patterns() {
 }
 
 install_kernel_headers() {
-  local kernel pattern flavour meta pkgs=()
+  local kernel pattern pkgs=()
   for kernel in $(target_kernels); do
     for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
-  # The headers metapackage of each installed kernel flavour: a kernel update then brings its headers, and DKMS
-  # builds the module for it (bakegen-kernel-guard checks that it did).
-  if [ -n "$KERNEL_HEADERS_META" ]; then
-    # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
-    # a second run, with them installed, fetches nothing).
-    for pattern in "${pkgs[@]}"; do
-      if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
-    done
-    for flavour in $(kernel_flavours); do
-      meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
-      if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
-    done
-  fi
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
   pm_install "${pkgs[@]}"
 }
@@ -1004,10 +980,7 @@ configure_runtime() {
       note "dockerd is installed without the docker command: install your distribution's Docker CLI (trixie: docker-cli)"
     fi
   fi
-  local before after cdi_flag=()
-  # --cdi: the runtime's CDI support on, and the nvidia runtime the default, which serves `docker run --gpus`
-  # from the CDI specification (only the legacy mode answers --gpus without it: the runtime's README).
-  if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled --set-as-default); fi
+  local before after
   before=$(config_sum "$config")
   # Keep the user's own configuration as it was before bakegen, not bakegen's (a rerun after a first run that
   # found no daemon.json).
@@ -1015,7 +988,7 @@ configure_runtime() {
       ! grep -q nvidia-container-runtime "$config"; then
     run cp -p "$config" "$config.bakegen-backup"
   fi
-  run nvidia-ctk runtime configure --runtime="$name" "${cdi_flag[@]}" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
+  run nvidia-ctk runtime configure --runtime="$name" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
   after=$(config_sum "$config")
   if have systemctl; then run systemctl enable "$service.service" >/dev/null 2>&1 || note "could not enable $service"; fi
   if ! systemd_running; then
@@ -1044,21 +1017,6 @@ step_runtimes() {
       0; fi
   configure_runtime docker docker dockerd \
     /etc/docker/daemon.json docker-ce docker-ce-cli containerd.io
-  if [ "$CDI" = 1 ]; then
-    step cdi "Container Device Interface specification"
-    if ! grep -qx 'mode = "cdi"' /etc/nvidia-container-runtime/config.toml 2>/dev/null; then
-      run nvidia-ctk config --in-place --set nvidia-container-runtime.mode=cdi ||
-        die "$EX_FAILURE" "nvidia-ctk could not set the runtime's mode to cdi"
-    fi
-    if have systemctl && systemctl list-unit-files nvidia-cdi-refresh.path >/dev/null 2>&1; then
-      run systemctl enable nvidia-cdi-refresh.path >/dev/null 2>&1 || true
-    fi
-    if [ -n "$(loaded_driver_version || true)" ]; then
-      run nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml || die "$EX_FAILURE" "nvidia-ctk cdi generate failed"
-    else
-      note "no driver loaded: the CDI specification is generated at boot (nvidia-cdi-refresh) or by rerunning this script"
-    fi
-  fi
 }
 
 step_check() {
@@ -2130,7 +2088,6 @@ BAKEGEN_EMBEDDED_FILE_END
 
 # The smoke test's image is pulled now, by the install: the check never pulls at boot (docker run --pull=never).
 pull_check_image() {
-  [ "$CHECK_CONTAINER_TEST" = 1 ] || return 0
   if ! systemd_running || ! have docker; then
     note "the GPU check's image $CHECK_IMAGE was not pulled (docker is not run by systemd here): pull it before the check runs"
     return 0

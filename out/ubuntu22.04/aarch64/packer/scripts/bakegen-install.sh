@@ -33,17 +33,12 @@ readonly DRIVER_BRANCH=580
 readonly DRIVER_VERSION=''
 readonly DRIVER_MODULES=open
 readonly DRIVER_PACKAGES=(nvidia-headless-no-dkms-580-server-open nvidia-utils-580-server)
-readonly DRIVER_PIN=()
-readonly DRIVER_DKMS=0
-DKMS_BUILDS=$DRIVER_DKMS  # 1 where DKMS builds the module (also: precompiled modules missing for a kernel)
-readonly DRIVER_COMPONENTS=()
+DKMS_BUILDS=0  # 1 where precompiled modules are missing for a kernel: DKMS builds the module for it
 DRIVER_KEPT=0  # 1: a driver installed outside the package manager is kept (keep_foreign_driver)
 readonly FABRIC_MANAGER=nvidia-fabricmanager-580 FABRIC_MANAGER_MODE=auto
 readonly TOOLKIT_PACKAGES=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 readonly TOOLKIT_VERSION=''
 readonly TOOLKIT_FLOOR=1.17.8
-readonly CDI=0
-readonly CHECK_CONTAINER_TEST=1
 readonly CHECK_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
 # The GPU check runs with this PATH (as its unit runs it), and within this bound.
 readonly CHECK_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CHECK_TIMEOUT=600
@@ -380,7 +375,6 @@ require_reboot() {
 # ---------------------------------------------------------------------------------------------------------
 # Package manager: apt (Debian, Ubuntu).
 # ---------------------------------------------------------------------------------------------------------
-readonly OS_CODENAME=jammy
 export DEBIAN_FRONTEND=noninteractive
 readonly APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5
                    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
@@ -523,75 +517,6 @@ remove_retired_keys() {
   done
 }
 
-# The Signed-By of the apt sources entry apt names FILE:N (a line of a one-line .list file, the Nth stanza of
-# a deb822 .sources file), verbatim (a deb822 value may be an inline key on continuation lines), or nothing.
-source_signed_by() {
-  local file=${1%:*} n=${1##*:}
-  [ -f "$file" ] || return 0
-  case $file in
-    *.sources)
-      awk -v n="$n" '
-        /^#/ { next }
-        /^[[:space:]]*$/ { open = 0; grab = 0; next }
-        !open { open = 1; stanza++ }
-        stanza != n { next }
-        /^[^[:space:]]/ { grab = (tolower($0) ~ /^signed-by:/); if (grab) sub(/^[^:]*:[[:space:]]*/, "") }
-        grab { print }' "$file" ;;
-    *)
-      sed -n "${n}p" "$file" | sed -n 's/^[^[]*\[\([^]]*\)\].*/\1/p' | tr -s ' \t' '\n' |
-        sed -n 's/^signed-by=//p' ;;
-  esac
-}
-
-# Archive components (e.g. non-free) the driver needs, added next to each of the distribution's suites, in
-# bakegen's own sources file. Judged from the configured sources (--no-release-info), not from fetched indexes
-# (bookworm-updates publishes no index for an empty component, which would look missing forever), and without
-# bakegen's own file, which is then written whole, so a rerun rewrites nothing. Each stanza carries the
-# Signed-By of the entry it extends: apt refuses every command when two entries for one URI and suite differ
-# there ("Conflicting values set for option Signed-By").
-ensure_components() {
-  local wanted=("$@") ours=/etc/apt/sources.list.d/bakegen-components.sources
-  local configured uri suite entry comp missing signed_by stanzas=0 created=0
-  configured=$(apt-get indextargets --no-release-info \
-    --format '$(REPO_URI)|$(RELEASE)|$(COMPONENT)|$(SOURCESENTRY)' 'Identifier: Packages') ||
-    die "$EX_FAILURE" "apt cannot read its sources (apt-get indextargets failed)"
-  configured=$(printf '%s\n' "$configured" | { grep -vF "|$ours:" || true; } | sort -u)
-  printf '# Archive components the NVIDIA driver needs (managed by bakegen)\n' >"$TMP_DIR/components"
-  while IFS='|' read -r uri suite entry; do
-    missing=()
-    for comp in "${wanted[@]}"; do
-      if ! grep -qF "$uri|$suite|$comp|" <<<"$configured"; then missing+=("$comp"); fi
-    done
-    [ "${#missing[@]}" -gt 0 ] || continue
-    signed_by=$(source_signed_by "$entry")
-    {
-      printf '\nTypes: deb\nURIs: %s\nSuites: %s\nComponents: %s\n' "$uri" "$suite" "${missing[*]}"
-      if [ -n "$signed_by" ]; then printf 'Signed-By: %s\n' "$signed_by"; fi
-    } >>"$TMP_DIR/components"
-    stanzas=$((stanzas + 1))
-  done < <(printf '%s\n' "$configured" |
-           awk -F'|' -v c="$OS_CODENAME" \
-             '$3 == "main" && ($2 == c || $2 == c "-updates" || $2 == c "-security") && !seen[$1 "|" $2]++ {
-                print $1 "|" $2 "|" $4 }')
-  if [ "$stanzas" -eq 0 ]; then
-    log "archive components already enabled: ${wanted[*]}"
-    remove_file "$ours"
-    return 0
-  fi
-  if [ -e "$ours" ]; then cp -p "$ours" "$TMP_DIR/components.old"; else created=1; fi
-  put_file 0644 "$ours" <"$TMP_DIR/components"
-  [ "$CHANGED" = 1 ] || return 0
-  APT_UPDATED=0
-  if [ "$DRY_RUN" = 1 ]; then pm_refresh; return 0; fi
-  log "run: apt-get update"
-  if ! retry 4 apt_update_once; then
-    # Leave apt as it was: a broken sources file would fail every apt command on this machine.
-    if [ "$created" = 1 ]; then rm -f -- "$ours"; else cp -p "$TMP_DIR/components.old" "$ours"; fi
-    die "$EX_NETWORK" "apt-get update failed with the archive components added (see $LOG_FILE); $ours restored"
-  fi
-  APT_UPDATED=1
-}
-
 regenerate_initramfs() { run update-initramfs -u -k all; }
 
 # After a kernel is installed, bakegen-kernel-guard makes sure it has the NVIDIA module, and fails its
@@ -723,8 +648,6 @@ apt_offers() { apt_has_candidate "$1" || { pm_refresh && apt_has_candidate "$1";
 
 apt_has_candidate() { grep -q 'Candidate: [^(]' <<<"$(apt-cache policy "$1" 2>/dev/null)"; }
 
-driver_install_packages() { pm_install "${DRIVER_PACKAGES[@]}"; }
-
 # ---------------------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------------------
@@ -791,16 +714,12 @@ step_base() {
 step_driver() {
   step driver "NVIDIA driver $DRIVER_BRANCH ($DRIVER_MODULES kernel modules) from $DRIVER_SOURCE"
   if [ "$DRIVER_KEPT" = 1 ]; then log "nothing to do: the driver installed outside the package manager is kept"; return 0; fi
-  if [ "$DRIVER_DKMS" = 1 ]; then require_dkms_signing; fi
 
   local blacklist=/etc/modprobe.d/bakegen-blacklist-nouveau.conf
   printf 'blacklist nouveau\noptions nouveau modeset=0\n' | put_file 0644 "$blacklist"
   local blacklist_changed=$CHANGED
   if [ -d /sys/module/nouveau ] && ! in_chroot; then require_reboot "the nouveau driver is loaded"; fi
 
-  if [ "$DRIVER_DKMS" = 1 ]; then install_kernel_headers; fi
-  if [ "${#DRIVER_COMPONENTS[@]}" -gt 0 ]; then ensure_components "${DRIVER_COMPONENTS[@]}"; fi
-  if [ "${#DRIVER_PIN[@]}" -gt 0 ]; then pm_hold_globs nvidia-driver "${DRIVER_VERSION:-$DRIVER_BRANCH.}*" "${DRIVER_PIN[@]}"; fi
 
   driver_install_ubuntu_drivers
   local driver_changed=$CHANGED
@@ -959,23 +878,22 @@ kernel_package_patterns() {
 }
 
 install_kernel_headers() {
-  local kernel pattern flavour meta pkgs=()
+  local kernel pattern pkgs=()
   for kernel in $(target_kernels); do
     for pattern in $(kernel_package_patterns "$kernel"); do pkgs+=("${pattern//\{kernel\}/$kernel}"); done
   done
   # The headers metapackage of each installed kernel flavour: a kernel update then brings its headers, and DKMS
   # builds the module for it (bakegen-kernel-guard checks that it did).
-  if [ -n "$KERNEL_HEADERS_META" ]; then
-    # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
-    # a second run, with them installed, fetches nothing).
-    for pattern in "${pkgs[@]}"; do
-      if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
-    done
-    for flavour in $(kernel_flavours); do
-      meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
-      if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
-    done
-  fi
+  local flavour meta
+  # Seen only in current lists: refreshed first when a kernel's headers are to be installed anyway (a first run;
+  # a second run, with them installed, fetches nothing).
+  for pattern in "${pkgs[@]}"; do
+    if [ -z "$(pkg_version "$pattern")" ]; then pm_refresh; break; fi
+  done
+  for flavour in $(kernel_flavours); do
+    meta=${KERNEL_HEADERS_META//\{flavour\}/$flavour}
+    if [ -n "$(pkg_version "$meta")" ] || apt_has_candidate "$meta"; then pkgs+=("$meta"); fi
+  done
   mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
   pm_install "${pkgs[@]}"
 }
@@ -1089,10 +1007,7 @@ configure_runtime() {
       note "dockerd is installed without the docker command: install your distribution's Docker CLI (trixie: docker-cli)"
     fi
   fi
-  local before after cdi_flag=()
-  # --cdi: the runtime's CDI support on, and the nvidia runtime the default, which serves `docker run --gpus`
-  # from the CDI specification (only the legacy mode answers --gpus without it: the runtime's README).
-  if [ "$CDI" = 1 ]; then cdi_flag=(--cdi.enabled --set-as-default); fi
+  local before after
   before=$(config_sum "$config")
   # Keep the user's own configuration as it was before bakegen, not bakegen's (a rerun after a first run that
   # found no daemon.json).
@@ -1100,7 +1015,7 @@ configure_runtime() {
       ! grep -q nvidia-container-runtime "$config"; then
     run cp -p "$config" "$config.bakegen-backup"
   fi
-  run nvidia-ctk runtime configure --runtime="$name" "${cdi_flag[@]}" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
+  run nvidia-ctk runtime configure --runtime="$name" || die "$EX_FAILURE" "nvidia-ctk could not configure $name"
   after=$(config_sum "$config")
   if have systemctl; then run systemctl enable "$service.service" >/dev/null 2>&1 || note "could not enable $service"; fi
   if ! systemd_running; then
@@ -1122,21 +1037,6 @@ configure_runtime() {
 step_runtimes() {
   configure_runtime docker docker dockerd \
     /etc/docker/daemon.json docker.io
-  if [ "$CDI" = 1 ]; then
-    step cdi "Container Device Interface specification"
-    if ! grep -qx 'mode = "cdi"' /etc/nvidia-container-runtime/config.toml 2>/dev/null; then
-      run nvidia-ctk config --in-place --set nvidia-container-runtime.mode=cdi ||
-        die "$EX_FAILURE" "nvidia-ctk could not set the runtime's mode to cdi"
-    fi
-    if have systemctl && systemctl list-unit-files nvidia-cdi-refresh.path >/dev/null 2>&1; then
-      run systemctl enable nvidia-cdi-refresh.path >/dev/null 2>&1 || true
-    fi
-    if [ -n "$(loaded_driver_version || true)" ]; then
-      run nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml || die "$EX_FAILURE" "nvidia-ctk cdi generate failed"
-    else
-      note "no driver loaded: the CDI specification is generated at boot (nvidia-cdi-refresh) or by rerunning this script"
-    fi
-  fi
 }
 
 step_check() {
@@ -2196,7 +2096,6 @@ BAKEGEN_EMBEDDED_FILE_END
 
 # The smoke test's image is pulled now, by the install: the check never pulls at boot (docker run --pull=never).
 pull_check_image() {
-  [ "$CHECK_CONTAINER_TEST" = 1 ] || return 0
   if ! systemd_running || ! have docker; then
     note "the GPU check's image $CHECK_IMAGE was not pulled (docker is not run by systemd here): pull it before the check runs"
     return 0
