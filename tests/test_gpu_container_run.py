@@ -39,7 +39,7 @@ def test_the_script_that_ran_is_the_committed_one() -> None:
     digest = hashlib.sha256((RUN / "install.sh").read_bytes()).hexdigest()
     assert f"{digest}  gpu-bundle/run/install.sh" in console()
     script = (RUN / "install.sh").read_text()
-    assert "readonly OS_VERSION_ID=24.04" in script and "readonly CDI=1" in script
+    assert "readonly OS_VERSION_ID=24.04" in script and "--cdi.enabled --set-as-default" in script
     assert "readonly DRIVER_SOURCE=ubuntu-drivers" in script and "readonly DRIVER_BRANCH=580" in script
 
 
