@@ -20,6 +20,25 @@ from .errors import BakegenError
 COMMENT_LINE = re.compile(r"^\s*#(?! shellcheck )")  # shellcheck's directives are kept
 
 
+def heredoc_lines(lines: list[str], heredoc_end: str | None) -> set[int]:
+    """Indexes of the lines inside heredocs ending in `heredoc_end` (each body and its end line): files a script
+    writes, not its code. A heredoc opens at a line that ends in `<<'END'` and is not a comment."""
+    if heredoc_end is None:
+        return set()
+    opener = f"<<'{heredoc_end}'"
+    inside: set[int] = set()
+    in_heredoc = False
+    for number, line in enumerate(lines):
+        if in_heredoc:
+            inside.add(number)
+            in_heredoc = line != heredoc_end
+        else:
+            in_heredoc = line.rstrip().endswith(opener) and not COMMENT_LINE.match(line)
+    if in_heredoc:
+        raise BakegenError(f"a heredoc is not closed by {heredoc_end}")
+    return inside
+
+
 def strip_shell(text: str, heredoc_end: str | None = None, keep_until: str | None = None) -> str:
     """Leave out comment lines and blank lines of a shell script, keeping the first line (`#!`).
 
@@ -36,17 +55,12 @@ def strip_shell(text: str, heredoc_end: str | None = None, keep_until: str | Non
         except ValueError:
             raise BakegenError(f"embedding: no line {keep_until!r} to keep the header up to") from None
         kept = lines[:start]
-    opener = f"<<'{heredoc_end}'" if heredoc_end else None
-    in_heredoc = False
-    for line in lines[start:]:
-        if in_heredoc:
-            kept.append(line)
-            in_heredoc = line != heredoc_end
-            continue
-        if not line.strip() or COMMENT_LINE.match(line):
-            continue
-        kept.append(line)
-        in_heredoc = opener is not None and line.rstrip().endswith(opener)
+    files = heredoc_lines(lines, heredoc_end)
+    kept += [
+        line
+        for n, line in enumerate(lines[start:], start)
+        if n in files or (line.strip() and not COMMENT_LINE.match(line))
+    ]
     return "\n".join(kept) + "\n"
 
 

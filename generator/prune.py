@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .embed import heredoc_lines
 from .errors import BakegenError
 
 FUNCTION_START = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\(\) \{(.*)$")
@@ -28,18 +29,13 @@ class _Function:
     end: int  # the closing `}` line (the same line for a one-line function)
 
 
-def _scan(lines: list[str], heredoc_end: str) -> tuple[list[_Function], set[int]]:
-    """The script's top-level functions, and the line numbers of heredoc bodies (with their end lines)."""
-    opener = f"<<'{heredoc_end}'"
+def _scan(lines: list[str], heredoc: set[int]) -> list[_Function]:
+    """The script's top-level functions, outside the heredoc lines `heredoc`."""
     functions: list[_Function] = []
-    heredoc: set[int] = set()
-    number, in_heredoc, current = 0, False, None
+    current = None
     for number, line in enumerate(lines):
-        if in_heredoc:
-            heredoc.add(number)
-            in_heredoc = line != heredoc_end
+        if number in heredoc:
             continue
-        in_heredoc = line.rstrip().endswith(opener)
         if current is None:
             match = FUNCTION_START.match(line)
             if match is None:
@@ -56,9 +52,9 @@ def _scan(lines: list[str], heredoc_end: str) -> tuple[list[_Function], set[int]
         elif line == "}":
             functions.append(_Function(current[0], current[1], current[2], number))
             current = None
-    if current is not None or in_heredoc:
-        raise BakegenError(f"script: function {current[0] if current else ''} or a heredoc is not closed")
-    return functions, heredoc
+    if current is not None:
+        raise BakegenError(f"script: function {current[0]} is not closed")
+    return functions
 
 
 def _words(lines: list[str], numbers: range, skip: set[int]) -> set[str]:
@@ -68,7 +64,8 @@ def _words(lines: list[str], numbers: range, skip: set[int]) -> set[str]:
 def drop_unused_functions(script: str, heredoc_end: str) -> str:
     """The script without the functions its top-level code can never reach (nor their comment blocks)."""
     lines = script.split("\n")
-    functions, heredoc = _scan(lines, heredoc_end)
+    heredoc = heredoc_lines(lines, heredoc_end)
+    functions = _scan(lines, heredoc)
     by_name = {function.name: function for function in functions}
     if len(by_name) != len(functions):
         raise BakegenError("script: a function is defined twice")

@@ -51,8 +51,8 @@ def test_heredoc_bodies_are_files_not_code() -> None:
 @pytest.mark.parametrize(
     ("script", "message"),
     [
-        ("f() {\n  :\n", "function f or a heredoc is not closed"),
-        ("f() {\n  cat <<'END'\n}\n", "function f or a heredoc is not closed"),
+        ("f() {\n  :\n", "function f is not closed"),
+        ("f() {\n  cat <<'END'\n}\n", "a heredoc is not closed by END"),
         ("f() { :;\n}\nf\n", "cannot tell where function f ends"),
         ("f() { :; }\nf() { :; }\nf\n", "a function is defined twice"),
     ],
